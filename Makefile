@@ -1,0 +1,27 @@
+# Two commands: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# On a 2-core machine, one BLAS/OpenMP thread per process; AutoAttack is 20-50x slower when
+# threads are oversubscribed. The kit sets torch's own thread count explicitly as well.
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: demo test clean
+
+demo: $(STAMP)
+	$(BIN)/rslad-kit reproduce --preset classroom
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+$(STAMP): pyproject.toml requirements-pinned.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-pinned.txt
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,218 @@
+"""L-infinity attacks: one PGD whose objective is an argument, and the paper's evaluation attacks.
+
+An objective maps logits (B, C) to a per-example loss (B,) that the attack maximises. RSLAD's inner
+maximisation is `pgd(student, x, kl_to(p_t), ...)`, SAT's is `pgd(model, x, ce(y), ...)`: one attack.
+Attacks have no side effects: the model's train/eval mode is restored, parameter `.grad` is left
+alone, and the result is detached, inside the eps-ball and in [0, 1].
+
+Taught in notebooks/02_attacks.ipynb.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rslad_kit.errors import UserError
+from rslad_kit.losses import kl
+
+Objective = Callable[[Tensor], Tensor]
+RandomStart = Literal["uniform", "normal", "none"]
+BNMode = Literal["eval", "train"]
+
+
+# --- objectives ----------------------------------------------------------------------------------
+
+def ce(y: Tensor) -> Objective:
+    """Cross-entropy with the hard labels (SAT, MART, ARD, IAD; PGD evaluation)."""
+    return lambda logits: F.cross_entropy(logits, y, reduction="none")
+
+
+def kl_to(target_probs: Tensor) -> Objective:
+    """KL(target || model): pushes the prediction away from given probabilities (TRADES, RSLAD)."""
+    return lambda logits: kl(logits, target_probs, reduction="none")
+
+
+def cw_margin(y: Tensor, kappa: float = 50.0) -> Objective:
+    """Carlini-Wagner margin -max(z_y - max_{j != y} z_j + kappa, 0), the CW-inf of the PGD literature."""
+    def objective(logits: Tensor) -> Tensor:
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+        return -(true - other + kappa).clamp(min=0)
+    return objective
+
+
+# --- PGD -----------------------------------------------------------------------------------------
+
+def check_eps(eps: float) -> None:
+    if not 0 < eps <= 1:
+        raise UserError(f"eps must lie in (0, 1] on the [0,1] pixel scale (got {eps}); for 8/255 pass 0.0314")
+
+
+def check_images(x: Tensor) -> None:
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise UserError(
+            f"inputs must lie in [0,1] (got min {lo:.3g}, max {hi:.3g}); "
+            "feed raw images and put normalisation inside the model"
+        )
+
+
+def _project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Clip to the eps-ball around x, then to [0, 1] (the TRADES order; the result satisfies both)."""
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+
+
+def _random_start(x: Tensor, eps: float, kind: RandomStart) -> Tensor:
+    if kind == "uniform":   # Madry, ARD, IAD; every evaluation PGD
+        return torch.empty_like(x).uniform_(-eps, eps)
+    if kind == "normal":    # RSLAD, TRADES, MART training: 0.001 * N(0, 1)
+        return 0.001 * torch.randn_like(x)
+    if kind == "none":
+        return torch.zeros_like(x)
+    raise UserError(f"unknown random_start {kind!r}; use 'uniform', 'normal' or 'none'")
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    objective: Objective,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_start: RandomStart = "uniform",
+    bn_mode: BNMode = "eval",
+) -> Tensor:
+    """L-infinity PGD: `steps` signed-gradient ascent steps on `objective(model(x_adv)).sum()`.
+
+    `bn_mode="train"` runs the attack's forwards in train mode, as the official ARD and IAD code do
+    (batch statistics, and BatchNorm running stats move); the default is eval mode (RSLAD, TRADES, MART).
+    As in the official code the random start is not clipped before the first step.
+    """
+    check_eps(eps)
+    check_images(x)
+    was_training = model.training
+    model.train(bn_mode == "train")
+    x = x.detach()
+    x_adv = x + _random_start(x, eps, random_start)
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                loss = objective(model(x_adv)).sum()
+                (grad,) = torch.autograd.grad(loss, x_adv)
+                x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
+    finally:
+        model.train(was_training)
+    return _project(x_adv.detach(), x, eps)
+
+
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float) -> Tensor:
+    """FGSM (Goodfellow et al.): one signed-gradient step of size eps on CE, from the clean x."""
+    return pgd(model, x, ce(y), eps=eps, step_size=eps, steps=1, random_start="none")
+
+
+# --- the paper's evaluation attacks ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WhiteBox:
+    """A named gradient attack. `step` is a fraction of eps, so settings carry over to other eps."""
+
+    objective: Literal["ce", "cw"]
+    steps: int
+    step: float
+    random_start: RandomStart
+
+
+# eps = 8/255 and 20 steps in the paper. Where it is silent (official_semantics.md §7.2):
+# - fgsm: the standard single step of size eps from the clean image, no random start.
+# - pgd_sat: Madry's configuration, step 2/255 (= eps/4), uniform random start.
+# - pgd_trades: TRADES' `pgd_attack_cifar10.py` and RSLAD's `attack_pgd`: step 0.003, uniform start.
+# - cw: the CW margin with kappa = 50 (Madry challenge, IAD), maximised by PGD, step eps/4, uniform start.
+WHITE_BOX: dict[str, WhiteBox] = {
+    "fgsm": WhiteBox("ce", steps=1, step=1.0, random_start="none"),
+    "pgd_sat": WhiteBox("ce", steps=20, step=1 / 4, random_start="uniform"),
+    "pgd_trades": WhiteBox("ce", steps=20, step=0.003 / (8 / 255), random_start="uniform"),
+    "cw": WhiteBox("cw", steps=20, step=1 / 4, random_start="uniform"),
+}
+
+
+def white_box(name: str, model: nn.Module, x: Tensor, y: Tensor, *, eps: float) -> Tensor:
+    """Run one of WHITE_BOX by name."""
+    if name not in WHITE_BOX:
+        raise UserError(f"unknown white-box attack {name!r}; choose from {', '.join(WHITE_BOX)}")
+    spec = WHITE_BOX[name]
+    objective = ce(y) if spec.objective == "ce" else cw_margin(y)
+    return pgd(model, x, objective, eps=eps, step_size=spec.step * eps, steps=spec.steps,
+               random_start=spec.random_start)
+
+
+# --- AutoAttack and Square through pyautoattack ---------------------------------------------------
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def autoattack_warnings() -> Iterator[list[str]]:
+    """Collect AutoAttack's own sanity flags (randomness, softmax outputs, Square success, ...)."""
+    logger, handler = logging.getLogger("auto-attack"), _Collect()
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def _run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, seed: int, batch_size: int,
+                      state_path: Path | None, **version) -> Tensor:
+    from pyautoattack import AutoAttack  # heavy import, only when asked for
+
+    check_eps(eps)
+    check_images(x)
+    was_training = model.training
+    model.eval()
+    try:
+        adversary = AutoAttack(model, norm="Linf", eps=eps, seed=seed, device=x.device, **version)
+        x_adv, _predicted = adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
+    finally:
+        model.train(was_training)
+    return x_adv.detach()
+
+
+def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, seed: int = 0, batch_size: int = 500,
+               state_path: Path | None = None) -> Tensor:
+    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square), per-point worst case, fixed seed.
+
+    `state_path` (a file) makes a long run resumable: attacks already finished are skipped.
+    """
+    return _run_pyautoattack(model, x, y, eps=eps, seed=seed, batch_size=batch_size,
+                             state_path=state_path, version="standard")
+
+
+def square(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, seed: int = 0, batch_size: int = 500) -> Tensor:
+    """Black-box Square attack (5,000 queries, p_init 0.8), as configured inside AutoAttack."""
+    return _run_pyautoattack(model, x, y, eps=eps, seed=seed, batch_size=batch_size,
+                             state_path=None, version="custom", attacks=["square"])
+
+
+def transfer(surrogate: nn.Module, x: Tensor, y: Tensor, *, eps: float, attack: str = "pgd_sat") -> Tensor:
+    """Transfer attack: adversarial examples crafted on `surrogate` with a WHITE_BOX attack.
+
+    Evaluate the target model on the returned images. The paper crafts PGD-20 and CW-inf on an
+    adversarially trained ResNet-50.
+    """
+    return white_box(attack, surrogate, x, y, eps=eps)

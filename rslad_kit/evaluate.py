@@ -1,0 +1,129 @@
+"""Robustness evaluation: accuracy under each attack, as one JSON-serialisable results row.
+
+The row checks itself and records what it found in `row["warnings"]` (and prints each warning):
+the model was in train mode, its outputs look like probabilities, a perturbation left the eps-ball,
+or black-box Square beat the gradient attacks (gradient masking suspected).
+
+Taught in notebooks/02_attacks.ipynb.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from rslad_kit import attacks as atk
+from rslad_kit.errors import UserError
+
+GRADIENT_ATTACKS = tuple(atk.WHITE_BOX)
+ATTACKS = ("clean", *GRADIENT_ATTACKS, "autoattack", "square", "transfer_pgd", "transfer_cw")
+PAPER_ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw", "autoattack")  # Tables 2-4, 6
+
+
+def check_attacks(names: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(names)
+    unknown = [a for a in names if a not in ATTACKS]
+    if unknown:
+        raise UserError(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+    return names
+
+
+def _batched(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
+    """Predicted labels, in batches."""
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent."""
+    return 100.0 * (predict(model, x, batch_size) == y).float().mean().item()
+
+
+def evaluate(
+    model: nn.Module,
+    data,
+    attacks: Iterable[str] = PAPER_ATTACKS,
+    *,
+    eps: float = 8 / 255,
+    n: int | None = None,
+    batch_size: int = 500,
+    surrogate: nn.Module | None = None,
+    seed: int = 0,
+    autoattack_state: Path | None = None,
+) -> dict:
+    """Accuracy (%) of `model` under each attack on `data`, as one row.
+
+    `data` is a split with `.x` and `.y` (e.g. `Dataset.test`) or an `(x, y)` pair, on the model's
+    device. `n` takes the first n examples. `transfer_*` attacks craft on `surrogate`.
+    Random starts are seeded by `seed`, without touching the caller's RNG state.
+    """
+    names = check_attacks(attacks)
+    x, y = (data.x, data.y) if hasattr(data, "x") else data
+    x, y = x[:n], y[:n]
+    if any(a.startswith("transfer") for a in names) and surrogate is None:
+        raise UserError("transfer attacks need a surrogate model; pass surrogate=... (CLI: --surrogate)")
+    atk.check_eps(eps)
+    atk.check_images(x)
+    run = _attack_functions(eps, surrogate, batch_size, seed, autoattack_state)
+
+    row: dict = {"n": len(x), "eps": eps, "seconds": {}, "warnings": []}
+
+    def warn(message: str) -> None:
+        row["warnings"].append(message)
+        warnings.warn(message, stacklevel=3)
+
+    was_training = model.training
+    if was_training:
+        warn("the model was in train mode; evaluated in eval mode (call model.eval() first)")
+    model.eval()
+    try:
+        with torch.no_grad():
+            probe = model(x[:batch_size])
+        if probe.min() >= 0 and torch.allclose(probe.sum(1), torch.ones_like(probe[:, 0]), atol=1e-3):
+            warn("the model's outputs look like probabilities; attacks need logits (remove the final softmax)")
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for name in names:
+                start = time.perf_counter()
+                x_adv = x if name == "clean" else run[name](model, x, y)
+                if name != "clean":
+                    gap = (x_adv - x).abs().max().item()
+                    if gap > eps + 1e-6 or x_adv.min() < 0 or x_adv.max() > 1:
+                        warn(f"{name}: perturbation left the eps-ball or [0,1] (max |delta| {gap:.4g} > eps {eps:.4g})")
+                row[name] = round(accuracy(model, x_adv, y, batch_size), 2)
+                row["seconds"][name] = round(time.perf_counter() - start, 2)
+    finally:
+        model.train(was_training)
+
+    white = [row[a] for a in GRADIENT_ATTACKS if a in row]
+    if "square" in row and white and row["square"] < min(white) - 0.2:
+        warn(f"Square ({row['square']}%) beats the gradient attacks (best {min(white)}%): gradient masking suspected")
+    return row
+
+
+def _attack_functions(eps, surrogate, batch_size, seed, autoattack_state) -> dict[str, Callable]:
+    """name -> fn(model, x, y) returning adversarial images."""
+    def white(name):
+        return lambda m, x, y: _batched(lambda xb, yb: atk.white_box(name, m, xb, yb, eps=eps), x, y, batch_size)
+
+    def transfer(name):
+        return lambda m, x, y: _batched(lambda xb, yb: atk.transfer(surrogate, xb, yb, eps=eps, attack=name),
+                                        x, y, batch_size)
+
+    return {
+        **{name: white(name) for name in GRADIENT_ATTACKS},
+        "autoattack": lambda m, x, y: atk.autoattack(m, x, y, eps=eps, seed=seed, batch_size=batch_size,
+                                                         state_path=autoattack_state),
+        "square": lambda m, x, y: atk.square(m, x, y, eps=eps, seed=seed, batch_size=batch_size),
+        "transfer_pgd": transfer("pgd_sat"),
+        "transfer_cw": transfer("cw"),
+    }

@@ -1,0 +1,208 @@
+"""Attacks and evaluation: contracts a user relies on."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rslad_kit import UserError, attacks
+from rslad_kit.evaluate import evaluate
+
+EPS = 8 / 255
+
+
+def tiny_model(seed=0, classes=10):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, classes))
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+OBJECTIVES = {
+    "ce": lambda y, m, x: attacks.ce(y),
+    "kl": lambda y, m, x: attacks.kl_to(F.softmax(m(x), 1).detach()),
+    "cw": lambda y, m, x: attacks.cw_margin(y),
+}
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("start", ["uniform", "normal", "none"])
+def test_pgd_stays_in_ball_and_range_and_is_detached(batch, objective, start):
+    x, y = batch
+    model = tiny_model().eval()
+    x_adv = attacks.pgd(model, x, OBJECTIVES[objective](y, model, x), eps=EPS, step_size=2 / 255, steps=5,
+                        random_start=start)
+    assert (x_adv - x).abs().max() <= EPS + 1e-7
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not x_adv.requires_grad and x_adv.grad_fn is None
+    assert (x_adv != x).any()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_pgd_restores_mode_and_leaves_parameter_grads(batch, mode, bn_mode):
+    x, y = batch
+    model = tiny_model().train(mode == "train")
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    attacks.pgd(model, x, attacks.ce(y), eps=EPS, step_size=2 / 255, steps=3, bn_mode=bn_mode)
+    assert model.training == (mode == "train")
+    assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))
+    assert all(p.grad is None for name, p in model.named_parameters() if name != "0.weight")
+
+
+def test_bn_mode_train_moves_running_stats_and_eval_does_not(batch):
+    x, y = batch
+    model = tiny_model()
+    before = model[1].running_mean.clone()
+    attacks.pgd(model, x, attacks.ce(y), eps=EPS, step_size=2 / 255, steps=2, bn_mode="eval")
+    assert torch.equal(model[1].running_mean, before)
+    attacks.pgd(model, x, attacks.ce(y), eps=EPS, step_size=2 / 255, steps=2, bn_mode="train")
+    assert not torch.equal(model[1].running_mean, before)
+
+
+def test_pgd_increases_the_loss_it_maximises(batch):
+    x, y = batch
+    model = tiny_model().eval()
+    x_adv = attacks.pgd(model, x, attacks.ce(y), eps=EPS, step_size=2 / 255, steps=10)
+    with torch.no_grad():
+        assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y)
+
+
+def test_fgsm_is_one_full_step_from_clean(batch):
+    x, y = batch
+    model = tiny_model().eval()
+    x_adv = attacks.fgsm(model, x, y, eps=EPS)
+    delta = (x_adv - x).abs()
+    interior = (x > EPS) & (x < 1 - EPS)   # where clipping to [0,1] cannot bite
+    assert torch.allclose(delta[interior], torch.full_like(delta[interior], EPS), atol=1e-6)
+
+
+def test_cw_margin_formula():
+    z = torch.tensor([[5.0, 1.0, 3.0], [0.0, 2.0, 1.0]])
+    y = torch.tensor([0, 0])
+    assert torch.allclose(attacks.cw_margin(y, kappa=0.0)(z), torch.tensor([-2.0, 0.0]))
+    assert torch.allclose(attacks.cw_margin(y, kappa=50.0)(z), torch.tensor([-52.0, -48.0]))
+
+
+def test_matches_official_rslad_inner_maximisation(batch):
+    """rslad_loss.py::rslad_inner_loss, transcribed, gives the same adversarial examples."""
+    x, _ = batch
+    student, teacher = tiny_model(0), tiny_model(1).eval()
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+
+    torch.manual_seed(5)
+    student.eval()
+    x_adv = x.detach() + 0.001 * torch.randn(x.shape).detach()
+    for _ in range(10):
+        x_adv.requires_grad_()
+        loss_kl = torch.sum(F.kl_div(F.log_softmax(student(x_adv), dim=1), F.softmax(teacher_logits, dim=1),
+                                     reduction="none"))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + 2 / 255 * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - EPS), x + EPS)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    student.train()
+
+    torch.manual_seed(5)
+    ours = attacks.pgd(student, x, attacks.kl_to(F.softmax(teacher_logits, 1)), eps=EPS, step_size=2 / 255,
+                       steps=10, random_start="normal")
+    assert torch.equal(ours, x_adv)
+
+
+@pytest.mark.parametrize("eps", [0.0, -0.1, 1.5])
+def test_bad_eps_is_a_user_error(batch, eps):
+    x, y = batch
+    with pytest.raises(UserError, match="eps must lie in"):
+        attacks.pgd(tiny_model(), x, attacks.ce(y), eps=eps, step_size=0.01, steps=1)
+
+
+def test_inputs_outside_unit_range_are_a_user_error(batch):
+    x, y = batch
+    with pytest.raises(UserError, match=r"inputs must lie in \[0,1\]"):
+        attacks.pgd(tiny_model(), (x - 0.5) / 0.25, attacks.ce(y), eps=EPS, step_size=0.01, steps=1)
+
+
+def test_unknown_attack_is_a_user_error(batch):
+    with pytest.raises(UserError, match="unknown attack 'pgd50'"):
+        evaluate(tiny_model(), batch, ["clean", "pgd50"])
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+def test_evaluate_row_is_complete_ordered_and_json(batch):
+    model = tiny_model().eval()
+    row = evaluate(model, batch, ["clean", "fgsm", "pgd_sat", "pgd_trades", "cw"], eps=EPS)
+    json.dumps(row)
+    assert row["n"] == 16 and set(row["seconds"]) == {"clean", "fgsm", "pgd_sat", "pgd_trades", "cw"}
+    for name in ("fgsm", "pgd_sat", "pgd_trades", "cw"):
+        assert row[name] <= row["clean"]
+    assert row["warnings"] == []
+
+
+def test_evaluate_is_seeded_and_leaves_the_callers_rng_alone(batch):
+    model = tiny_model().eval()
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = evaluate(model, batch, ["pgd_sat"], eps=EPS, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = evaluate(model, batch, ["pgd_sat"], eps=EPS, seed=1)
+    assert a["pgd_sat"] == b["pgd_sat"]
+
+
+def test_evaluate_warns_about_train_mode_and_probabilities(batch):
+    model = tiny_model().train()
+    with pytest.warns(UserWarning, match="train mode"):
+        row = evaluate(model, batch, ["clean"])
+    assert model.training  # restored
+    softmaxed = nn.Sequential(tiny_model(), nn.Softmax(dim=1)).eval()
+    with pytest.warns(UserWarning, match="probabilities"):
+        row = evaluate(softmaxed, batch, ["clean"])
+    assert any("probabilities" in w for w in row["warnings"])
+
+
+def test_evaluate_warns_when_a_perturbation_leaves_the_ball(batch, monkeypatch):
+    monkeypatch.setattr(attacks, "white_box", lambda name, m, x, y, eps: (x + 2 * eps).clamp(0, 1))
+    with pytest.warns(UserWarning, match="left the eps-ball"):
+        row = evaluate(tiny_model().eval(), batch, ["fgsm"], eps=EPS)
+    assert row["warnings"]
+
+
+class Masked(nn.Module):
+    """Gradient masking: predictions depend on a quantised input, so gradients are zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_model()
+
+    def forward(self, x):
+        return self.net(torch.round(x * 4) / 4) * 1.0 + 0 * x.sum()
+
+
+@pytest.mark.slow
+def test_square_beats_masked_gradients_and_is_flagged():
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 3, 8, 8, generator=g)
+    model = Masked().eval()
+    y = model(x).argmax(1)  # correct everywhere, so only the attacks decide
+    with pytest.warns(UserWarning, match="gradient masking"):
+        row = evaluate(model, (x, y), ["clean", "pgd_sat", "square"], eps=0.1)
+    assert row["clean"] == 100.0 and row["pgd_sat"] == 100.0 and row["square"] < 100.0
+
+
+def test_autoattack_adapter_is_deterministic_and_bounded(batch):
+    x, y = batch[0][:8], batch[1][:8]
+    model = tiny_model().eval()
+    a = attacks.autoattack(model, x, y, eps=EPS, seed=0)
+    b = attacks.autoattack(model, x, y, eps=EPS, seed=0)
+    assert torch.equal(a, b)
+    assert (a - x).abs().max() <= EPS + 1e-6 and a.min() >= 0 and a.max() <= 1
+    assert not model.training
