@@ -1,0 +1,175 @@
+"""Settings as data: frozen dataclasses, named presets, each value with the reason it has that value.
+
+A preset is a base `TrainConfig` plus each method's own recipe on top of it. Paper presets follow the
+official code (reference: official_semantics.md); `asdict(cfg)` is saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from rslad_kit.errors import UserError
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The inner maximisation of adversarial training (an L-inf PGD)."""
+
+    eps: float = 8 / 255          # the paper trains every method at 8/255 on both datasets
+    step_size: float = 2 / 255    # RSLAD, ARD, IAD, SAT; TRADES and MART's official code use 0.007
+    steps: int = 10               # every method's training attack is PGD-10
+    random_start: str = "normal"  # RSLAD, TRADES, MART: 0.001*N(0,1); SAT, ARD, IAD: U(-eps, eps)
+    bn_mode: str = "eval"         # ARD and IAD attack in train mode (BN batch stats); the rest in eval
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are RSLAD's CIFAR-10 recipe (ResNet-18 student)."""
+
+    # --- what is trained
+    method: str = "rslad"              # a key of losses.METHODS
+    dataset: str = "cifar10"           # a key of data.DATASETS
+    model: str = "resnet18"            # a key of models.MODELS
+    teacher: str | None = None         # checkpoint file, `robustbench:<name>`, or a kit run folder
+    teacher_model: str | None = None   # the teacher's architecture, needed only for a bare state dict
+    soft_labels: str = "teacher"       # "teacher": T(x) (RSL from a robust teacher, NSL from a natural one);
+                                       # "smooth": label smoothing (SSL, Table 7)
+    smoothing: float = 0.1             # SSL: target (1 - s) * one_hot + s / C (Szegedy et al.'s s = 0.1;
+                                       # the paper does not give its value)
+    objective: str | None = None       # inner objective override, for Table 6 ablations (e.g. ARD + "kl_teacher")
+    loss_params: Mapping[str, float] = field(default_factory=dict)  # overrides of the loss' paper defaults
+
+    # --- optimisation (RSLAD: SGD 0.1, momentum 0.9, wd 2e-4, batch 128, 300 epochs)
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    milestones: tuple[int, ...] = (215, 260, 285)  # lr *= lr_gamma after these (1-indexed) epochs
+    lr_gamma: float = 0.1
+    attack: AttackConfig = AttackConfig()
+
+    # --- checkpoint selection on the held-out validation split (never the test set)
+    select_by: str = "pgd_trades"      # the paper's criterion; natural training selects by "clean"
+    val_every: int = 1                 # validate every epoch (the official script: every 20 before 215)
+
+    # --- data and files
+    data_root: str = "data"
+    model_dir: str = "models"          # RobustBench's zoo layout: {model_dir}/{dataset}/Linf/{name}.pt
+    val_size: int | None = None        # None: the dataset's default (1,000 for CIFAR)
+    image_size: int | None = None      # None: native (digits can be upsampled)
+    augment: bool = True               # random crop + flip (CIFAR); small shifts (digits)
+
+    # --- system
+    seed: int = 0
+    device: str = "auto"               # "auto": CUDA when available, else CPU
+    bf16: bool = False                 # GPU option: bfloat16 autocast for forwards
+    channels_last: bool = False        # GPU option: channels-last memory format
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain, JSON- and `weights_only`-safe dict of a config."""
+    return dataclasses.asdict(cfg) | {"loss_params": dict(cfg.loss_params)}
+
+
+def from_dict(d: Mapping[str, Any]) -> TrainConfig:
+    """Inverse of `to_dict` (lists back to tuples, the attack back to AttackConfig)."""
+    d = dict(d)
+    d["attack"] = AttackConfig(**d["attack"])
+    d["milestones"] = tuple(d["milestones"])
+    return TrainConfig(**d)
+
+
+# --- presets -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Preset:
+    base: TrainConfig
+    methods: Mapping[str, Mapping[str, Any]]  # each method's own recipe, applied over `base`
+    description: str = ""
+
+
+_UNIFORM = AttackConfig(random_start="uniform")
+
+# Each baseline's official recipe (official_semantics.md §3-§7), at the paper's eps of 8/255.
+_CIFAR10_RECIPES: dict[str, dict[str, Any]] = {
+    # The paper: 100 epochs on clean images, lr / 10 at 75 and 90; best checkpoint by clean accuracy.
+    "natural": dict(epochs=100, milestones=(75, 90), select_by="clean"),
+    # Madry's config.json: PGD-10, step 2/255, uniform start; 80k steps of batch 128 with decays at 40k
+    # and 60k steps, i.e. about 205 epochs with decays after 102 and 154.
+    "sat": dict(epochs=205, milestones=(102, 154), attack=_UNIFORM),
+    # TRADES: step 0.007, Gaussian start, beta 6, 76 epochs with lr / 10 from epoch 75.
+    "trades": dict(epochs=76, milestones=(74,), attack=AttackConfig(step_size=0.007), loss_params={"beta": 6.0}),
+    # MART's ResNet-18 recipe: lr 0.01, wd 3.5e-3, 120 epochs, decays from 75, 90, 100, beta 5.
+    "mart": dict(epochs=120, lr=0.01, weight_decay=3.5e-3, milestones=(74, 89, 99),
+                 attack=AttackConfig(step_size=0.007), loss_params={"beta": 5.0}),
+    # ARD: 200 epochs; the official schedule bug leaves one effective decay, after epoch 100. Its
+    # KLDivLoss() is the element mean: batchmean / C. Attack in train mode, uniform start.
+    "ard": dict(epochs=200, milestones=(100,), attack=AttackConfig(random_start="uniform", bn_mode="train"),
+                loss_params={"kl_scale": 1 / 10}),
+    # IAD-I: ARD's schedule and attack, batchmean KL, beta 0.1, 60 warm-up epochs.
+    "iad": dict(epochs=200, milestones=(100,), attack=AttackConfig(random_start="uniform", bn_mode="train")),
+    # RSLAD: the base recipe; the official KL is the mean over B*C elements (x10 on CIFAR-100).
+    "rslad": dict(loss_params={"kl_scale": 1 / 10}),
+}
+
+_CIFAR100_RECIPES = _CIFAR10_RECIPES | {
+    # ARD on CIFAR-100: batch 256, and the element mean is now batchmean / 100.
+    "ard": _CIFAR10_RECIPES["ard"] | dict(batch_size=256, loss_params={"kl_scale": 1 / 100}),
+}
+
+# The classroom: the embedded digits on a CPU in minutes. Chosen by the regime study in
+# docs/classroom_regime.md; every method shares one short schedule so differences are the methods'.
+_CLASSROOM = TrainConfig(
+    dataset="digits", model="cnn-w8", epochs=40, batch_size=128, lr=0.1, milestones=(30, 36),
+    weight_decay=5e-4, attack=AttackConfig(eps=0.2, step_size=0.05), select_by="pgd_trades",
+    loss_params={}, teacher=None,
+)
+_CLASSROOM_RECIPES: dict[str, dict[str, Any]] = {
+    "natural": dict(select_by="clean"),
+    "sat": dict(attack=replace(_CLASSROOM.attack, random_start="uniform")),
+    "ard": dict(attack=replace(_CLASSROOM.attack, random_start="uniform", bn_mode="train")),
+    "iad": dict(attack=replace(_CLASSROOM.attack, random_start="uniform", bn_mode="train"),
+                loss_params={"warmup": 12}),
+}
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        replace(_CLASSROOM, model="cnn-w4", epochs=2, milestones=(1,)),
+        _CLASSROOM_RECIPES | {"iad": _CLASSROOM_RECIPES["iad"] | {"loss_params": {"warmup": 1}}},
+        "seconds: the plumbing on digits, for tests",
+    ),
+    "classroom": Preset(_CLASSROOM, _CLASSROOM_RECIPES, "the embedded digits on a CPU in minutes"),
+    "cifar10": Preset(
+        TrainConfig(dataset="cifar10", teacher="robustbench:Zhang2019Theoretically"),
+        _CIFAR10_RECIPES, "paper scale: CIFAR-10, ResNet-18 / MobileNetV2 students, official recipes",
+    ),
+    "cifar100": Preset(
+        TrainConfig(dataset="cifar100", teacher="robustbench:Gowal2020Uncovering"),
+        _CIFAR100_RECIPES, "paper scale: CIFAR-100, WRN-70-16 teacher, official recipes",
+    ),
+}
+
+
+def preset(name: str, method: str = "rslad", **overrides: Any) -> TrainConfig:
+    """The config of `method` under preset `name`, with any field overridden."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    cfg = override(replace(p.base, method=method), **p.methods.get(method, {}))
+    return override(cfg, **overrides)
+
+
+def override(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """`replace` with a one-line error for unknown fields. `loss_params` entries merge."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise UserError(f"unknown config field {unknown[0]!r}; known fields: {', '.join(sorted(fields))}")
+    if "loss_params" in changes:
+        changes["loss_params"] = {**cfg.loss_params, **changes["loss_params"]}
+    if isinstance(changes.get("attack"), Mapping):
+        changes["attack"] = replace(cfg.attack, **changes["attack"])
+    return replace(cfg, **changes)

@@ -1,0 +1,379 @@
+"""Training: `train_step` (soft labels -> attack -> loss terms -> step) and `train` (epochs, schedule,
+validation, best/last checkpoints, exact resume).
+
+A run folder holds `config.json`, `last.pt` (everything needed to resume), `best.pt` (the weights
+with the best validation score) and `metrics.jsonl` (one line per epoch). Checkpoints are written to
+a temporary file and renamed, so a kill at any moment leaves the previous checkpoint intact. Every
+epoch's randomness is seeded from (seed, epoch), so a resumed run repeats exactly what an
+uninterrupted one does: on a CPU the final weights are bitwise identical.
+
+Taught in notebooks/03_training.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+import rslad_kit
+from rslad_kit import attacks as atk
+from rslad_kit import data as data_lib
+from rslad_kit import models
+from rslad_kit.config import TrainConfig, from_dict, to_dict
+from rslad_kit.errors import UserError
+from rslad_kit.evaluate import evaluate
+from rslad_kit.losses import METHODS
+
+OBJECTIVES = ("none", "ce", "kl_self", "kl_teacher")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# --- one step --------------------------------------------------------------------------------------
+
+def soft_labels(cfg: TrainConfig, teacher: nn.Module | None, x: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """The soft label of each clean example, as logits (softmax gives the target distribution).
+
+    RSL/NSL: the teacher's prediction on the clean batch. SSL: smoothed one-hot labels (Table 7).
+    """
+    if cfg.soft_labels == "smooth":
+        target = (1 - cfg.smoothing) * F.one_hot(y, num_classes).float() + cfg.smoothing / num_classes
+        return target.log()
+    with torch.no_grad():
+        return teacher(x).float()
+
+
+def _eval_probs(model: nn.Module, x: Tensor) -> Tensor:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        probs = F.softmax(model(x), dim=1)
+    model.train(was_training)
+    return probs
+
+
+def inner_objective(kind: str, student: nn.Module, x: Tensor, y: Tensor, t_nat: Tensor | None) -> atk.Objective:
+    """The objective a method's attack maximises (losses.Objective)."""
+    if kind == "ce":
+        return atk.ce(y)
+    if kind == "kl_self":      # TRADES: move away from the model's own clean prediction
+        return atk.kl_to(_eval_probs(student, x))
+    if kind == "kl_teacher":   # RSLAD: move away from the robust soft label; no y
+        return atk.kl_to(F.softmax(t_nat, dim=1))
+    raise ValueError(kind)
+
+
+def train_step(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    cfg: TrainConfig,
+    *,
+    epoch: int = 1,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms."""
+    method = METHODS[cfg.method]
+    objective = cfg.objective or method.attack
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    # --- soft labels on the clean batch, computed once for the attack and the loss
+    t_nat = None
+    if "t_nat" in method.inputs or objective == "kl_teacher":
+        with autocast:
+            t_nat = soft_labels(cfg, teacher, x, y, num_classes or _num_classes(student, x))
+
+    # --- inner maximisation
+    x_adv = x
+    if objective != "none":
+        a = cfg.attack
+        with autocast:
+            x_adv = atk.pgd(student, x, inner_objective(objective, student, x, y, t_nat), eps=a.eps,
+                            step_size=a.step_size, steps=a.steps, random_start=a.random_start, bn_mode=a.bn_mode)
+
+    # --- outer minimisation: the loss reads what its signature names
+    student.train()
+    with autocast:
+        tensors: dict[str, Callable[[], Any]] = {
+            "s_adv": lambda: student(x_adv),
+            "s_nat": lambda: student(x),
+            "t_nat": lambda: t_nat,
+            "t_adv": lambda: _no_grad(teacher, x_adv),
+            "y": lambda: y,
+            "epoch": lambda: epoch,
+        }
+        inputs = {name: tensors[name]() for name in method.inputs}
+        terms = method.loss(**inputs, **(method.defaults | dict(cfg.loss_params)))
+    loss = sum(terms.values())
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"the {cfg.method} loss became {loss.item()} at epoch {epoch}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+
+
+def _no_grad(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x).float()
+
+
+def _num_classes(model: nn.Module, x: Tensor) -> int:
+    return _no_grad(model, x[:1]).shape[1]
+
+
+# --- checks and loading ----------------------------------------------------------------------------
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise UserError for names and values that cannot work, before anything is written."""
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
+    if cfg.dataset not in data_lib.DATASETS:
+        raise UserError(f"unknown dataset {cfg.dataset!r}; choose from {', '.join(data_lib.DATASETS)}")
+    if cfg.model not in models.MODELS:
+        raise UserError(f"unknown model {cfg.model!r}; choose from {', '.join(models.MODELS)}")
+    method = METHODS[cfg.method]
+    objective = cfg.objective or method.attack
+    if objective not in OBJECTIVES:
+        raise UserError(f"unknown inner objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+    unknown = sorted(set(cfg.loss_params) - set(method.defaults))
+    if unknown:
+        raise UserError(f"{cfg.method} has no loss parameter {unknown[0]!r}; its parameters: "
+                        f"{', '.join(method.defaults) or 'none'}")
+    if cfg.soft_labels not in ("teacher", "smooth"):
+        raise UserError(f"unknown soft_labels {cfg.soft_labels!r}; use 'teacher' (RSL/NSL) or 'smooth' (SSL)")
+    if needs_teacher(cfg) and not cfg.teacher:
+        raise UserError(f"{cfg.method} distils from a teacher but none was given; pass --teacher "
+                        "(a checkpoint, robustbench:<name> or a run folder)")
+    atk.check_eps(cfg.attack.eps)
+    if cfg.attack.random_start not in ("uniform", "normal", "none") or cfg.attack.bn_mode not in ("eval", "train"):
+        raise UserError("attack.random_start must be uniform/normal/none and attack.bn_mode eval/train")
+    if cfg.select_by not in ("pgd_trades", "clean"):
+        raise UserError(f"select_by must be 'pgd_trades' or 'clean' (got {cfg.select_by!r})")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise UserError("epochs and batch_size must be positive")
+
+
+def needs_teacher(cfg: TrainConfig) -> bool:
+    """Whether the run reads a teacher (SSL builds its soft labels from y instead)."""
+    method = METHODS[cfg.method]
+    reads_soft_labels = "t_nat" in method.inputs or (cfg.objective or method.attack) == "kl_teacher"
+    return "t_adv" in method.inputs or (reads_soft_labels and cfg.soft_labels == "teacher")
+
+
+def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
+               in_channels: int = 3) -> nn.Module:
+    """A model from a kit checkpoint (its architecture is recorded inside) or a bare state dict + `arch`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; check the path (a run folder needs a best.pt)")
+    meta = _kit_meta(path)
+    if meta is not None:
+        model = models.build(meta["config"]["model"], meta["num_classes"], in_channels=meta["in_channels"])
+    elif arch is not None and num_classes is not None:
+        model = models.build(arch, num_classes, in_channels=in_channels)
+    else:
+        raise UserError(f"{path} is a bare state dict; name its architecture (--teacher-model / --model)")
+    return models.load_checkpoint(model, path).eval()
+
+
+def _kit_meta(path: Path) -> dict | None:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # not ours; load_checkpoint gives the precise error
+    return checkpoint.get("meta") if isinstance(checkpoint, dict) else None
+
+
+def load_teacher(cfg: TrainConfig, ds: data_lib.Dataset, out: Path) -> nn.Module:
+    """The frozen teacher named by `cfg.teacher`: robustbench:<name>, a checkpoint, or a run folder.
+
+    A bare run name is also looked up beside `out` (runs/teacher for --out runs/student).
+    """
+    spec = cfg.teacher
+    if spec.startswith("robustbench:"):
+        teacher = models.load_teacher(spec, cfg.dataset, cfg.model_dir)
+    else:
+        path = Path(spec)
+        if not path.exists() and (out.parent / spec).exists():
+            path = out.parent / spec
+        teacher = load_model(path, arch=cfg.teacher_model, num_classes=ds.num_classes, in_channels=ds.in_channels)
+    teacher.eval().requires_grad_(False)
+    classes = _num_classes(teacher, ds.val.x[:1])
+    if classes != ds.num_classes:
+        raise UserError(f"the teacher predicts {classes} classes but {cfg.dataset} has {ds.num_classes}; "
+                        f"use a teacher trained on {cfg.dataset}")
+    return teacher
+
+
+# --- files -------------------------------------------------------------------------------------------
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(obj: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def provenance(device: torch.device | str) -> dict[str, Any]:
+    """What produced a result: kit version, git commit, torch version, device."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(rslad_kit.__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"kit_version": rslad_kit.__version__, "git_commit": commit, "torch_version": str(torch.__version__),
+            "device": f"{device.type}: {name}", "threads": torch.get_num_threads()}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def is_finished(out: str | Path) -> bool:
+    """Whether `out` holds a run that trained all its epochs."""
+    path = Path(out) / "last.pt"
+    if not path.is_file():
+        return False
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint["epoch"] >= checkpoint["meta"]["config"]["epochs"]
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Step schedule: lr * gamma for every milestone already passed (milestones are 1-indexed epochs)."""
+    return cfg.lr * cfg.lr_gamma ** sum(epoch > m for m in cfg.milestones)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+          dataset: data_lib.Dataset | None = None) -> list[dict[str, Any]]:
+    """Train `cfg` into the run folder `out`; returns the per-epoch metrics.
+
+    `resume=True` continues the run in `out` from its last completed epoch. `dataset` lets callers
+    that train many runs load the data once.
+    """
+    out = Path(out)
+    check_config(cfg)
+    last_path = out / "last.pt"
+    if resume and not last_path.is_file():
+        raise UserError(f"--resume: no checkpoint in {out}; drop --resume to start a new run there")
+    if not resume and last_path.is_file():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    device = resolve_device(cfg.device)
+    ds = dataset or data_lib.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size)
+    teacher = load_teacher(cfg, ds, out).to(device) if needs_teacher(cfg) else None
+    torch.manual_seed(cfg.seed)
+    student = models.build(cfg.model, ds.num_classes, in_channels=ds.in_channels).to(device)
+    if cfg.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    meta = {"config": to_dict(cfg), "seed": cfg.seed, "num_classes": ds.num_classes,
+            "in_channels": ds.in_channels, **provenance(device)}
+
+    start, history, best = 0, [], {"epoch": 0, "score": -math.inf}
+    if resume:
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        _check_same_config(state["meta"]["config"], cfg, out)
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history, best = state["epoch"], state["history"], state["best"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.json", json.dumps(meta, indent=2))
+    write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+    train_split, val_split = ds.train.to(device), ds.val.to(device)
+    loader = data_lib.TensorLoader(train_split, cfg.batch_size, shuffle=True, augment=cfg.augment,
+                                   padding=ds.crop_padding, flip=ds.flip, seed=cfg.seed)
+    bar = tqdm(total=(cfg.epochs - start) * len(loader), desc=f"{cfg.method} {out.name}",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    for epoch in range(start + 1, cfg.epochs + 1):
+        began = time.perf_counter()
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
+        sums: dict[str, float] = defaultdict(float)
+        for x, y in loader.epoch(epoch):
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                terms = train_step(student, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=ds.num_classes)
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"{e}; the last good checkpoint (epoch {start}) is kept in {out}; "
+                                       "lower --lr or check the teacher") from None
+            for name, value in terms.items():
+                sums[name] += value * len(y)
+            bar.update()
+
+        # --- validation on the held-out split; the paper selects checkpoints by PGD_TRADES
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch),
+                                  **{k: v / len(train_split) for k, v in sums.items()}}
+        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+            student.eval()
+            row = evaluate(student, val_split, ["clean", "pgd_trades"], eps=cfg.attack.eps, seed=cfg.seed)
+            student.train()
+            record |= {"val_clean": row["clean"], "val_pgd_trades": row["pgd_trades"]}
+            score = row[cfg.select_by]
+            if score > best["score"]:
+                best = {"epoch": epoch, "score": score}
+                save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
+                     out / "best.pt")
+        record["seconds"] = round(time.perf_counter() - began, 3)
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_pgd_trades', float('nan')):.1f}")
+
+        # --- checkpoint, then the log line (on resume the log is rewritten from the checkpoint)
+        save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+              "history": history, "best": best, "meta": meta}, last_path)
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        start = epoch
+    bar.close()
+    return history
+
+
+def _check_same_config(saved: dict, cfg: TrainConfig, out: Path) -> None:
+    saved_cfg = to_dict(from_dict(saved))
+    differ = [k for k, v in to_dict(cfg).items() if saved_cfg.get(k) != v]
+    if differ:
+        raise UserError(f"--resume: the run in {out} was started with different settings ({', '.join(differ)}); "
+                        "resume with the same arguments or choose another --out")
