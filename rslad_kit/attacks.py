@@ -178,7 +178,7 @@ def autoattack_warnings() -> Iterator[list[str]]:
 
 
 def _run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, seed: int, batch_size: int,
-                      state_path: Path | None, **version) -> Tensor:
+                      state_path: Path | None, square_queries: int = 5000, **version) -> Tensor:
     from pyautoattack import AutoAttack  # heavy import, only when asked for
 
     check_eps(eps)
@@ -187,6 +187,7 @@ def _run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, see
     model.eval()
     try:
         adversary = AutoAttack(model, norm="Linf", eps=eps, seed=seed, device=x.device, **version)
+        adversary.square.n_queries = square_queries
         x_adv, _predicted = adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
     finally:
         model.train(was_training)
@@ -194,19 +195,22 @@ def _run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, see
 
 
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, seed: int = 0, batch_size: int = 500,
-               state_path: Path | None = None) -> Tensor:
+               state_path: Path | None = None, only: tuple[str, ...] | None = None) -> Tensor:
     """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square), per-point worst case, fixed seed.
 
-    `state_path` (a file) makes a long run resumable: attacks already finished are skipped.
+    `state_path` (a file) makes a long run resumable: attacks already finished are skipped. `only`
+    runs a subset (pyautoattack's custom version), for smoke tests; it is not the standard evaluation.
     """
+    version = dict(version="custom", attacks=list(only)) if only else dict(version="standard")
     return _run_pyautoattack(model, x, y, eps=eps, seed=seed, batch_size=batch_size,
-                             state_path=state_path, version="standard")
+                             state_path=state_path, **version)
 
 
-def square(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, seed: int = 0, batch_size: int = 500) -> Tensor:
-    """Black-box Square attack (5,000 queries, p_init 0.8), as configured inside AutoAttack."""
-    return _run_pyautoattack(model, x, y, eps=eps, seed=seed, batch_size=batch_size,
-                             state_path=None, version="custom", attacks=["square"])
+def square(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, seed: int = 0, batch_size: int = 500,
+           n_queries: int = 5000) -> Tensor:
+    """Black-box Square attack (p_init 0.8), as configured inside AutoAttack (5,000 queries)."""
+    return _run_pyautoattack(model, x, y, eps=eps, seed=seed, batch_size=batch_size, state_path=None,
+                             square_queries=n_queries, version="custom", attacks=["square"])
 
 
 def transfer(surrogate: nn.Module, x: Tensor, y: Tensor, *, eps: float, attack: str = "pgd_sat") -> Tensor:

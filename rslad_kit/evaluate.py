@@ -59,11 +59,15 @@ def evaluate(
     surrogate: nn.Module | None = None,
     seed: int = 0,
     autoattack_state: Path | None = None,
+    autoattack_only: tuple[str, ...] | None = None,
+    square_queries: int = 5000,
 ) -> dict:
     """Accuracy (%) of `model` under each attack on `data`, as one row.
 
     `data` is a split with `.x` and `.y` (e.g. `Dataset.test`) or an `(x, y)` pair, on the model's
     device. `n` takes the first n examples. `transfer_*` attacks craft on `surrogate`.
+    `autoattack_only` restricts AutoAttack to some of its attacks and `square_queries` sets the black-box
+    Square budget (smoke tests; the defaults are the standard evaluation).
     Random starts are seeded by `seed`, without touching the caller's RNG state.
     """
     names = check_attacks(attacks)
@@ -73,7 +77,7 @@ def evaluate(
         raise UserError("transfer attacks need a surrogate model; pass surrogate=... (CLI: --surrogate)")
     atk.check_eps(eps)
     atk.check_images(x)
-    run = _attack_functions(eps, surrogate, batch_size, seed, autoattack_state)
+    run = _attack_functions(eps, surrogate, batch_size, seed, autoattack_state, autoattack_only, square_queries)
 
     row: dict = {"n": len(x), "eps": eps, "seconds": {}, "warnings": []}
 
@@ -110,7 +114,8 @@ def evaluate(
     return row
 
 
-def _attack_functions(eps, surrogate, batch_size, seed, autoattack_state) -> dict[str, Callable]:
+def _attack_functions(eps, surrogate, batch_size, seed, autoattack_state, autoattack_only,
+                      square_queries) -> dict[str, Callable]:
     """name -> fn(model, x, y) returning adversarial images."""
     def white(name):
         return lambda m, x, y: _batched(lambda xb, yb: atk.white_box(name, m, xb, yb, eps=eps), x, y, batch_size)
@@ -122,8 +127,9 @@ def _attack_functions(eps, surrogate, batch_size, seed, autoattack_state) -> dic
     return {
         **{name: white(name) for name in GRADIENT_ATTACKS},
         "autoattack": lambda m, x, y: atk.autoattack(m, x, y, eps=eps, seed=seed, batch_size=batch_size,
-                                                         state_path=autoattack_state),
-        "square": lambda m, x, y: atk.square(m, x, y, eps=eps, seed=seed, batch_size=batch_size),
+                                                         state_path=autoattack_state, only=autoattack_only),
+        "square": lambda m, x, y: atk.square(m, x, y, eps=eps, seed=seed, batch_size=batch_size,
+                                             n_queries=square_queries),
         "transfer_pgd": transfer("pgd_sat"),
         "transfer_cw": transfer("cw"),
     }

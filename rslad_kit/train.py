@@ -283,11 +283,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-          dataset: data_lib.Dataset | None = None) -> list[dict[str, Any]]:
+          dataset: data_lib.Dataset | None = None, position: int = 0) -> list[dict[str, Any]]:
     """Train `cfg` into the run folder `out`; returns the per-epoch metrics.
 
     `resume=True` continues the run in `out` from its last completed epoch. `dataset` lets callers
-    that train many runs load the data once.
+    that train many runs load the data once; `position` is the progress bar's line.
     """
     out = Path(out)
     check_config(cfg)
@@ -325,7 +325,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     loader = data_lib.TensorLoader(train_split, cfg.batch_size, shuffle=True, augment=cfg.augment,
                                    padding=ds.crop_padding, flip=ds.flip, seed=cfg.seed)
     bar = tqdm(total=(cfg.epochs - start) * len(loader), desc=f"{cfg.method} {out.name}",
-               disable=not progress, leave=False, dynamic_ncols=True)
+               disable=not progress, leave=False, dynamic_ncols=True, position=position)
     for epoch in range(start + 1, cfg.epochs + 1):
         began = time.perf_counter()
         torch.manual_seed(_epoch_seed(cfg.seed, epoch))

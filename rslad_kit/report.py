@@ -1,0 +1,290 @@
+"""The paper's Tables 2-7 from a finished plan, each measured row beside the paper's number.
+
+Writes `results/<preset>/table<N>.md` and `.csv` and `summary.md`. Numbers are the mean +- standard
+deviation over seeds; the summary says, for each of the paper's claims, whether our numbers agree and
+whether the difference exceeds the seed-to-seed noise (Welch's t-test, p < 0.05; with one seed only
+the sign can be read).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from rslad_kit.reproduce import ABLATIONS, BLACK_BOX, SOFT_LABEL_ATTACKS, WHITE_BOX, Plan
+from rslad_kit.train import write_text
+
+ATTACK_NAMES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES", "cw": "CW∞",
+                "autoattack": "AA", "transfer_pgd": "PGD-20 (transfer)", "transfer_cw": "CW∞ (transfer)",
+                "square": "Square"}
+ROW_NAMES = {"natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART", "ard": "ARD", "iad": "IAD",
+             "rslad": "RSLAD", "ard-300": "ARD-300", "ard_min+rslad_max": "ARD_min + RSLAD_max",
+             "rslad_min+ard_max": "RSLAD_min + ARD_max"}
+PAPER_MODELS = {"resnet18": "RN-18", "mobilenetv2": "MN-V2"}
+
+
+# --- the paper's numbers ---------------------------------------------------------------------------
+
+def paper_numbers() -> dict[tuple, float]:
+    """(table, dataset, model, row, checkpoint, attack) -> the paper's accuracy in %."""
+    text = resources.files("rslad_kit").joinpath("paper_results.csv").read_text()
+    return {(int(r["table"]), r["dataset"], r["model"], r["row"], r["checkpoint"], r["attack"]): float(r["value"])
+            for r in csv.DictReader(io.StringIO(text))}
+
+
+def paper_reference(plan: Plan, student: str) -> tuple[str, str]:
+    """The paper's dataset and model whose rows a student is compared with.
+
+    A digits student stands in for the paper's main student, ResNet-18 on CIFAR-10."""
+    dataset = "cifar100" if plan.dataset == "cifar100" else "cifar10"
+    return dataset, student if student in PAPER_MODELS else "resnet18"
+
+
+# --- our numbers -----------------------------------------------------------------------------------
+
+@dataclass
+class Cell:
+    values: list[float]
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def sd(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    def __str__(self) -> str:
+        if not self.values:
+            return "—"
+        return f"{self.mean:.2f}" + (f" ± {self.sd:.2f}" if self.sd is not None else "")
+
+
+def _evals(plan: Plan) -> dict[str, dict]:
+    folder = plan.out / "evals"
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
+
+
+def cell(plan: Plan, evals: dict, runs: list[str], checkpoint: str, attack: str) -> Cell:
+    return Cell([evals[r][checkpoint][attack] for r in runs
+                 if attack in evals.get(r, {}).get(checkpoint, {})])
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+@dataclass
+class Table:
+    number: int
+    title: str
+    columns: list[tuple[str, str]]        # (checkpoint, attack)
+    rows: list[tuple[str, str, str, list[str]]]  # (model, row label, source, cells)
+    note: str = ""
+
+    def markdown(self) -> str:
+        head = ["Model", "Row", "Source"] + [f"{ckpt}: {ATTACK_NAMES[a]}" for ckpt, a in self.columns]
+        lines = [f"# Table {self.number}: {self.title}", "", self.note, "" if self.note else None,
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join([m, r, s, *cells]) + " |" for m, r, s, cells in self.rows]
+        return "\n".join(line for line in lines if line is not None) + "\n"
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["table", "model", "row", "source", "checkpoint", "attack", "value"])
+        for model, row, source, cells in self.rows:
+            for (ckpt, attack), value in zip(self.columns, cells):
+                writer.writerow([self.number, model, row, source, ckpt, attack, value])
+        return out.getvalue()
+
+
+def _rows(plan, evals, paper, table, student, row, label, columns, seeds_note, paper_row=None):
+    """Our row (mean +- sd over seeds) and, where the paper has it, the paper's row beneath."""
+    runs = plan.rows.get((table, student, row), [])
+    ours = [str(cell(plan, evals, runs, ckpt, a)) for ckpt, a in columns]
+    dataset, model = paper_reference(plan, student)
+    theirs = [paper.get((table, dataset, model, paper_row or row, ckpt, a)) for ckpt, a in columns]
+    lines = [(student, label, f"ours ({seeds_note})", ours)]
+    if any(v is not None for v in theirs):
+        lines.append(("", "", f"paper ({PAPER_MODELS.get(model, model)}, {dataset})",
+                      ["—" if v is None else f"{v:.2f}" for v in theirs]))
+    return lines
+
+
+def build_tables(plan: Plan) -> list[Table]:
+    evals, paper = _evals(plan), paper_numbers()
+    seeds = f"{len(plan.seeds)} seed" + ("s" if len(plan.seeds) > 1 else "")
+    both = [(c, a) for c in ("best", "last") for a in WHITE_BOX]
+    tables = []
+    pc = plan.plan
+
+    if 2 in pc.tables:
+        cols = [("best", a) for a in WHITE_BOX]
+        dataset = "cifar100" if plan.dataset == "cifar100" else "cifar10"
+        teacher_model = "wrn-70-16" if dataset == "cifar100" else "wrn-34-10"
+        rows = []
+        for run, label in (("teacher", "robust teacher"), ("teacher-natural", "natural teacher (NSL)"),
+                           ("surrogate", "surrogate (Table 5)")):
+            if run in plan.evaluations:
+                rows.append((plan.runs[run].model if run in plan.runs else plan.teacher_spec, label, "ours",
+                             [str(cell(plan, evals, [run], c, a)) for c, a in cols]))
+        rows.append(("", "", f"paper ({teacher_model}, {dataset})",
+                     [f"{paper[(2, dataset, teacher_model, 'teacher', c, a)]:.2f}" for c, a in cols]))
+        tables.append(Table(2, "robustness of the teachers", cols, rows))
+
+    for number in (3, 4):
+        if number not in pc.tables:
+            continue
+        rows = [line for student in pc.students for m in plan.methods
+                for line in _rows(plan, evals, paper, number, student, m, ROW_NAMES.get(m, m), both, seeds)]
+        tables.append(Table(number, f"white-box robustness on {plan.dataset}", both, rows,
+                            "Best = the epoch with the best PGD_TRADES accuracy on the validation split "
+                            "(clean accuracy for Natural); last = the final epoch."))
+
+    if 5 in pc.tables:
+        cols = [("best", a) for a in BLACK_BOX]
+        rows = [line for student in pc.students for m in plan.methods if (5, student, m) in plan.rows
+                for line in _rows(plan, evals, paper, 5, student, m, ROW_NAMES.get(m, m), cols, seeds)]
+        tables.append(Table(5, "black-box robustness (transfer from the surrogate; Square)", cols, rows))
+
+    if 6 in pc.tables:
+        cols = [("best", a) for a in WHITE_BOX]
+        student = pc.students[0]
+        names = [r for (t, s, r) in plan.rows if t == 6 and s == student]
+        rows = [line for r in names
+                for line in _rows(plan, evals, paper, 6, student, r, ROW_NAMES.get(r, r), cols, seeds)]
+        tables.append(Table(6, "ablation: inner/outer losses of ARD and RSLAD, under RSLAD's schedule", cols, rows))
+
+    if 7 in pc.tables:
+        cols = [(c, a) for c in ("best", "last") for a in SOFT_LABEL_ATTACKS]
+        student = pc.students[0]
+        rows = []
+        for (t, s, r) in plan.rows:
+            if t == 7 and s == student:
+                kind = "ssl" if r.endswith("-ssl") else "nsl" if r.endswith("-nsl") else "rsl"
+                method = r.removesuffix("-ssl").removesuffix("-nsl")
+                label = kind.upper() + ("" if method == "rslad" else f" ({method})")
+                # The paper's Table 7 rows (ssl / nsl / rsl) are RSLAD's.
+                paper_row = kind if method == "rslad" else "-"
+                rows += _rows(plan, evals, paper, 7, student, r, label, cols, seeds, paper_row)
+        tables.append(Table(7, "soft labels: smoothed (SSL), natural teacher (NSL), robust teacher (RSL)",
+                            cols, rows))
+    return tables
+
+
+# --- summary ---------------------------------------------------------------------------------------
+
+def compare(a: Cell, b: Cell) -> tuple[float, float | None]:
+    """Mean difference a - b and Welch's p-value (None with fewer than two seeds each)."""
+    diff = a.mean - b.mean
+    if len(a.values) < 2 or len(b.values) < 2:
+        return diff, None
+    if a.sd == 0 and b.sd == 0:
+        return diff, 0.0 if diff else 1.0
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    with warnings.catch_warnings():   # nearly identical seeds: scipy warns, the p-value is still usable
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return diff, float(ttest_ind(a.values, b.values, equal_var=False).pvalue)
+
+
+def verdict(diff: float, p: float | None) -> str:
+    if p is None:
+        return "holds (one run)" if diff > 0 else "does not hold (one run)"
+    if p < 0.05:
+        return "holds" if diff > 0 else "does not hold (reversed beyond noise)"
+    return "within noise (same direction)" if diff > 0 else "within noise (reversed)"
+
+
+def claims(plan: Plan) -> list[str]:
+    """The paper's claims, checked on our numbers."""
+    evals = _evals(plan)
+    pc, out = plan.plan, []
+    table = 4 if plan.dataset == "cifar100" else 3
+    student = pc.students[0]
+
+    def c(t: int, row: str, attack: str, ckpt: str = "best") -> Cell:
+        return cell(plan, evals, plan.rows.get((t, student, row), []), ckpt, attack)
+
+    def claim(text: str, better: Cell, worse: Cell) -> None:
+        if better.mean is None or worse.mean is None:
+            return
+        diff, p = compare(better, worse)
+        pv = "" if p is None else f", p = {p:.3f}"
+        out.append(f"- {text}: {verdict(diff, p)} ({better} vs {worse}; difference {diff:+.2f}{pv})")
+
+    if 2 in pc.tables and table in pc.tables:
+        teacher = cell(plan, evals, ["teacher"], "best", "pgd_trades")
+        sat = c(table, "sat", "pgd_trades")
+        if teacher.mean is not None and sat.mean is not None:
+            gap = teacher.mean - sat.mean
+            out.append(f"- The teacher beats the SAT student by {gap:+.2f} points of PGD_TRADES accuracy "
+                       f"(teacher {teacher}, SAT {sat}): RSLAD's regime {'holds' if gap >= 5 else 'is weak'} "
+                       "(the issue asks for at least 5).")
+    if table in pc.tables:
+        for attack in ("pgd_trades", "autoattack"):
+            for other in plan.methods:
+                if other not in ("rslad", "natural"):
+                    claim(f"RSLAD beats {ROW_NAMES.get(other, other)} ({ATTACK_NAMES[attack]}, best checkpoint)",
+                          c(table, "rslad", attack), c(table, other, attack))
+        claim("TRADES beats SAT (PGD_TRADES)", c(table, "trades", "pgd_trades"), c(table, "sat", "pgd_trades"))
+        claim("ARD beats TRADES (PGD_TRADES)", c(table, "ard", "pgd_trades"), c(table, "trades", "pgd_trades"))
+    if 5 in pc.tables:
+        for attack in BLACK_BOX:
+            for other in ("sat", "trades", "ard", "iad"):
+                claim(f"RSLAD beats {ROW_NAMES[other]} under {ATTACK_NAMES[attack]}",
+                      c(5, "rslad", attack), c(5, other, attack))
+    if 6 in pc.tables:
+        for variant in ("ard-300", "ard_min+rslad_max", "rslad_min+ard_max"):
+            claim(f"RSLAD beats {ROW_NAMES[variant]} (PGD_TRADES)", c(6, "rslad", "pgd_trades"),
+                  c(6, variant, "pgd_trades"))
+        claim("Either RSLAD half improves ARD-300: ARD_min + RSLAD_max (PGD_TRADES)",
+              c(6, "ard_min+rslad_max", "pgd_trades"), c(6, "ard-300", "pgd_trades"))
+        claim("Either RSLAD half improves ARD-300: RSLAD_min + ARD_max (PGD_TRADES)",
+              c(6, "rslad_min+ard_max", "pgd_trades"), c(6, "ard-300", "pgd_trades"))
+    if 7 in pc.tables:
+        for kind in ("ssl", "nsl"):
+            for attack in ("pgd_trades", "autoattack"):
+                claim(f"Robust soft labels beat {kind.upper()} ({ATTACK_NAMES[attack]})",
+                      c(7, "rslad", attack), c(7, f"rslad-{kind}", attack))
+    return out
+
+
+def write(plan: Plan, seconds: float | None = None) -> list[Path]:
+    """Write every table (Markdown and CSV) and the summary; returns the files written."""
+    written = []
+    for t in build_tables(plan):
+        for suffix, text in ((".md", t.markdown()), (".csv", t.csv())):
+            path = plan.out / f"table{t.number}{suffix}"
+            write_text(path, text)
+            written.append(path)
+    missing = sorted({3, 4} - set(plan.plan.tables))
+    warnings = sorted({f"{run}: {w}" for run, e in _evals(plan).items() for k, v in e.items()
+                       if isinstance(v, dict) for w in v.get("warnings", [])})
+    lines = [f"# Summary: `rslad-kit reproduce --preset {plan.preset}`", "",
+             f"{len(plan.seeds)} seed(s) per student; eps = {plan.eps:.4g}; dataset {plan.dataset}; "
+             f"students {', '.join(plan.plan.students)}; teacher {plan.teacher_spec}.",
+             f"Wall-clock time of this invocation: {seconds / 60:.1f} min." if seconds is not None else "",
+             "", "## The paper's claims on these numbers", "", *claims(plan), ""]
+    k = plan.plan.slow_attack_seeds
+    if k is not None and len(plan.seeds) > k:
+        lines += [f"AutoAttack and Square ran on the first {k} seed(s) only: on a CPU each costs a fixed "
+                  "~20 s / ~8 s per checkpoint whatever the model. The other attacks ran on every seed.", ""]
+    if plan.plan.autoattack or plan.plan.square_queries != 5000:
+        lines += [f"Reduced query attacks (a smoke setting, not the standard evaluation): AutoAttack = "
+                  f"{', '.join(plan.plan.autoattack or ['standard'])}, Square = {plan.plan.square_queries} queries.",
+                  ""]
+    for number in missing:
+        lines += [f"Table {number} is not part of this preset (Table 3 is CIFAR-10's white-box table, "
+                  f"Table 4 CIFAR-100's; this preset's white-box results are in the other).", ""]
+    if warnings:
+        lines += ["## Evaluation warnings", "", *[f"- {w}" for w in warnings], ""]
+    path = plan.out / "summary.md"
+    write_text(path, "\n".join(lines))
+    return [*written, path]

@@ -1,0 +1,403 @@
+"""`rslad-kit reproduce`: the paper's tables from one command.
+
+A plan is a set of training runs (teachers, surrogate, students, ablations, soft-label variants) and
+evaluations, each a task with the tasks it needs. Tasks run on a few worker processes (one thread
+each: on a small CPU that is the fastest way to train many small models) or in this process. Every
+task leaves its result on disk under `results/<preset>/`, so a rerun skips finished work and resumes
+interrupted runs. `report.py` then writes Tables 2-7 beside the paper's numbers.
+
+Run names: `teacher`, `teacher-natural`, `surrogate`, and `<student>-<row>-s<seed>` for students, where
+a row is a method, a Table 6 variant or a Table 7 soft-label variant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from rslad_kit import data as data_lib
+from rslad_kit import evaluate as evaluate_lib
+from rslad_kit import models, train
+from rslad_kit.config import PRESETS, PlanConfig, TrainConfig, override, preset, to_dict
+from rslad_kit.errors import UserError
+from rslad_kit.losses import METHODS
+
+PAPER_METHODS = ("natural", "sat", "trades", "mart", "ard", "iad", "rslad")
+WHITE_BOX = evaluate_lib.PAPER_ATTACKS                     # Tables 2, 3, 4, 6
+BLACK_BOX = ("transfer_pgd", "transfer_cw", "square")      # Table 5
+SOFT_LABEL_ATTACKS = ("clean", "pgd_trades", "autoattack")  # Table 7
+SLOW_ATTACKS = ("autoattack", "square")                     # query-bound: a fixed cost per model on a CPU
+
+# Table 6: (outer-minimisation method, inner-maximisation method), all under RSLAD's schedule.
+ABLATIONS = {
+    "ard-300": ("ard", "ard"),
+    "ard_min+rslad_max": ("ard", "rslad"),
+    "rslad_min+ard_max": ("rslad", "ard"),
+    "rslad": ("rslad", "rslad"),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: train a run, or evaluate its checkpoints."""
+
+    name: str
+    kind: str                              # "train" | "evaluate"
+    needs: tuple[str, ...] = ()            # names of tasks that must finish first
+    cfg: TrainConfig | None = None         # train: the run's config
+    checkpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)  # evaluate: ckpt -> attacks
+    cost: float = 1.0                      # relative cost, for ordering and the dry-run estimate
+
+
+@dataclass
+class Plan:
+    preset: str
+    out: Path
+    plan: PlanConfig
+    dataset: str
+    eps: float
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    teacher_spec: str                      # what students pass as `teacher`
+    base: TrainConfig                      # the preset's RSLAD config with the caller's overrides
+    runs: dict[str, TrainConfig] = field(default_factory=dict)
+    rows: dict[tuple[int, str, str], list[str]] = field(default_factory=dict)  # (table, student, row) -> runs
+    evaluations: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # run -> ckpt -> attacks
+
+    # --- building ------------------------------------------------------------------------------------
+
+    def add_run(self, name: str, cfg: TrainConfig) -> str:
+        """Add a training run; a config identical to an existing run's reuses that run."""
+        for existing, other in self.runs.items():
+            if other == cfg:
+                return existing
+        self.runs[name] = cfg
+        return name
+
+    def need(self, run: str, checkpoint: str, attacks: tuple[str, ...]) -> None:
+        self.evaluations.setdefault(run, {}).setdefault(checkpoint, set()).update(attacks)
+
+    def attacks_for(self, attacks: tuple[str, ...], seed: int) -> tuple[str, ...]:
+        """The attacks a seed's run gets: the slow query-based ones only on the first seeds, if so set."""
+        k = self.plan.slow_attack_seeds
+        return tuple(a for a in attacks if a not in SLOW_ATTACKS or k is None or seed < k)
+
+    # --- tasks ---------------------------------------------------------------------------------------
+
+    def tasks(self) -> list[Task]:
+        train_tasks = [Task(name, "train", needs=self._needs(cfg), cfg=cfg, cost=estimate_cost(cfg))
+                       for name, cfg in self.runs.items()]
+        eval_tasks = []
+        for run, ckpts in self.evaluations.items():
+            needs = (run,) if run in self.runs else ()
+            if any(a.startswith("transfer") for attacks in ckpts.values() for a in attacks):
+                needs += ("surrogate",)
+            eval_tasks.append(Task(f"eval:{run}", "evaluate", needs=needs,
+                                   checkpoints={k: tuple(sorted(v)) for k, v in ckpts.items()}))
+        return train_tasks + eval_tasks
+
+    def _needs(self, cfg: TrainConfig) -> tuple[str, ...]:
+        return (cfg.teacher,) if cfg.teacher in self.runs else ()
+
+
+def _student_cfg(p: str, row: str, student: str, seed: int, teacher: str) -> TrainConfig:
+    """The config of one Table 3/6/7 row."""
+    if row in ABLATIONS:   # RSLAD's schedule, one method's loss and the other's attack
+        outer, inner = ABLATIONS[row]
+        cfg = replace(preset(p, "rslad"), method=outer, loss_params=preset(p, outer).loss_params,
+                      attack=preset(p, inner).attack, objective=METHODS[inner].attack if outer != inner else None)
+        return override(cfg, model=student, seed=seed, teacher=teacher)
+    if row.endswith("-ssl"):
+        return preset(p, row[:-4], model=student, seed=seed, teacher=None, soft_labels="smooth")
+    if row.endswith("-nsl"):
+        return preset(p, row[:-4], model=student, seed=seed, teacher="teacher-natural")
+    return preset(p, row, model=student, seed=seed, teacher=teacher if METHODS[row].needs_teacher else None)
+
+
+def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
+               tables: tuple[int, ...] | None = None, methods: tuple[str, ...] | None = None,
+               **overrides: Any) -> Plan:
+    """The runs and evaluations behind the tables of preset `p`.
+
+    `methods` defaults to every entry of METHODS, so a method registered by the user appears in every
+    table. `overrides` apply to every run (e.g. data_root, device).
+    """
+    if p not in PRESETS or PRESETS[p].plan is None:
+        known = [name for name, pr in PRESETS.items() if pr.plan is not None]
+        raise UserError(f"unknown preset {p!r} for reproduce; choose from {', '.join(known)}")
+    pc = PRESETS[p].plan
+    if tables:
+        pc = replace(pc, tables=tuple(tables))
+    base = preset(p, "rslad", **overrides)
+    plan = Plan(preset=p, out=Path(out) / p, plan=pc, dataset=base.dataset, eps=base.attack.eps,
+                methods=tuple(methods or METHODS), seeds=tuple(range(seeds or pc.seeds)),
+                teacher_spec=pc.teacher if isinstance(pc.teacher, str) else "teacher", base=base)
+    unknown = [m for m in plan.methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+
+    # --- helper models: the robust teacher, the natural teacher (NSL) and the surrogate (Table 5)
+    if not isinstance(pc.teacher, str):
+        plan.runs["teacher"] = override(preset(p, pc.teacher["method"], **overrides), **pc.teacher)
+        plan.need("teacher", "best", WHITE_BOX)
+    else:
+        plan.need("teacher", "best", WHITE_BOX)   # evaluated from the zoo file
+    if 7 in pc.tables:
+        plan.runs["teacher-natural"] = override(preset(p, "natural", **overrides), **pc.natural_teacher)
+        plan.need("teacher-natural", "best", WHITE_BOX)
+    if 5 in pc.tables:
+        plan.runs["surrogate"] = override(preset(p, pc.surrogate["method"], **overrides), **pc.surrogate,
+                                          seed=10_000)   # its own seed: a different model from any student
+        plan.need("surrogate", "best", WHITE_BOX)
+
+    def add_row(table: int, student: str, row: str, seed: int, ckpts: dict[str, tuple[str, ...]]) -> None:
+        cfg = override(_student_cfg(p, row, student, seed, plan.teacher_spec), **overrides)
+        run = plan.add_run(f"{student}-{row}-s{seed}", cfg)
+        plan.rows.setdefault((table, student, row), []).append(run)
+        for ckpt, attacks in ckpts.items():
+            plan.need(run, ckpt, plan.attacks_for(attacks, seed))
+
+    white_box_table = 4 if plan.dataset == "cifar100" else 3
+    # Table 7 swaps RSLAD's soft labels (and those of any added method that reads them).
+    distilling = [m for m in plan.methods if m == "rslad"
+                  or (m not in PAPER_METHODS and "t_nat" in METHODS[m].inputs)]
+    for student in pc.students:
+        for seed in plan.seeds:
+            if white_box_table in pc.tables:
+                for m in plan.methods:
+                    add_row(white_box_table, student, m, seed, {"best": WHITE_BOX, "last": WHITE_BOX})
+            if 5 in pc.tables:
+                for m in plan.methods:
+                    if METHODS[m].attack != "none":
+                        add_row(5, student, m, seed, {"best": BLACK_BOX})
+            if 6 in pc.tables and student == pc.students[0]:
+                extra = [m for m in plan.methods if m not in PAPER_METHODS]
+                for row in (*ABLATIONS, *extra):
+                    add_row(6, student, row, seed, {"best": WHITE_BOX})
+            if 7 in pc.tables and student == pc.students[0]:
+                for m in distilling:
+                    for row in (f"{m}-ssl", f"{m}-nsl", m):
+                        add_row(7, student, row, seed, {"best": SOFT_LABEL_ATTACKS, "last": SOFT_LABEL_ATTACKS})
+    return plan
+
+
+# --- cost ------------------------------------------------------------------------------------------
+
+def estimate_cost(cfg: TrainConfig) -> float:
+    """Relative training cost: epochs x (attack steps + forwards) x model size (parameters)."""
+    passes = 1 + (cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0)
+    with torch.device("meta"):
+        size = sum(p.numel() for p in models.build(cfg.model, 10, in_channels=1 if cfg.dataset == "digits" else 3)
+                   .parameters())
+    return cfg.epochs * passes * size
+
+
+# --- execution -------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, root: str, val_size: int | None, image_size: int | None) -> data_lib.Dataset:
+    return data_lib.load(name, root, val_size=val_size, image_size=image_size)
+
+
+def _load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
+    if run == "teacher" and run not in plan.runs:   # a zoo teacher, read from its file
+        return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir).to(device)
+    return train.load_model(plan.out / "runs" / run / f"{ckpt}.pt").to(device)
+
+
+def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -> None:
+    """Do one task, unless its result is already on disk."""
+    device = train.resolve_device(plan.base.device)
+    if task.kind == "train":
+        out = plan.out / "runs" / task.name
+        if train.is_finished(out):
+            return
+        cfg = task.cfg
+        ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+        train.train(cfg, out, resume=(out / "last.pt").is_file(), dataset=ds, progress=progress, position=position)
+        return
+
+    run = task.name.removeprefix("eval:")
+    path = plan.out / "evals" / f"{run}.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    if all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items()):
+        return
+    cfg = plan.runs.get(run) or plan.base
+    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+    test = ds.test.to(device)
+    surrogate = None
+    if any(a.startswith("transfer") for attacks in task.checkpoints.values() for a in attacks):
+        surrogate = _load_for_eval(plan, "surrogate", "best", device)
+    by_epoch: dict[int, dict] = {}
+    for ckpt, attacks in task.checkpoints.items():
+        model = _load_for_eval(plan, run, ckpt, device)
+        epoch = _epoch(plan, run, ckpt)
+        missing = [a for a in attacks if a not in done.get(ckpt, {})]
+        # best.pt and last.pt are often the same epoch: evaluate once.
+        cached = {a: v for a, v in by_epoch.get(epoch, {}).items() if a in missing}
+        todo = [a for a in missing if a not in cached]
+        row = evaluate_lib.evaluate(model, test, todo, eps=plan.eps, surrogate=surrogate,
+                                    autoattack_only=plan.plan.autoattack,
+                                    square_queries=plan.plan.square_queries) if todo else {}
+        scores = cached | {a: row[a] for a in todo}
+        by_epoch.setdefault(epoch, {}).update(scores)
+        entry = done.setdefault(ckpt, {})
+        entry.update(scores)
+        entry["epoch"] = epoch
+        entry.setdefault("seconds", {}).update(row.get("seconds", {}))
+        entry["warnings"] = sorted(set(entry.get("warnings", [])) | set(row.get("warnings", [])))
+    done["provenance"] = train.provenance(device) | {"n": len(test), "eps": plan.eps}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train.write_text(path, json.dumps(done, indent=1))
+
+
+def _epoch(plan: Plan, run: str, ckpt: str) -> int | None:
+    path = plan.out / "runs" / run / f"{ckpt}.pt"
+    return torch.load(path, map_location="cpu", weights_only=True)["epoch"] if path.is_file() else None
+
+
+_SLOT = 0  # this worker process's line for its progress bar (set once per worker)
+
+
+def _worker_init(lock, counter) -> None:
+    global _SLOT
+    torch.set_num_threads(1)
+    tqdm.set_lock(lock)
+    with counter.get_lock():
+        counter.value += 1
+        _SLOT = counter.value
+
+
+def _run_in_worker(task: Task, plan: Plan, progress: bool) -> str:
+    run_task(task, plan, position=_SLOT, progress=progress)
+    return task.name
+
+
+def _critical_path(tasks: list[Task]) -> dict[str, float]:
+    """Each task's cost plus the longest chain of tasks waiting on it: run the long chains first."""
+    waiting = {t.name: [u for u in tasks if t.name in u.needs] for t in tasks}
+
+    @functools.cache
+    def length(name: str) -> float:
+        return cost[name] + max((length(u.name) for u in waiting[name]), default=0.0)
+
+    cost = {t.name: t.cost for t in tasks}
+    return {t.name: length(t.name) for t in tasks}
+
+
+def execute(plan: Plan, workers: int, progress: bool = True) -> None:
+    """Run every task in dependency order on `workers` processes (1: in this process)."""
+    tasks = plan.tasks()
+    priority = _critical_path(tasks)
+    tasks.sort(key=lambda t: -priority[t.name])
+    bar = tqdm(total=len(tasks), desc=f"reproduce {plan.preset}", disable=not progress, position=0,
+               dynamic_ncols=True)
+    done: set[str] = set()
+
+    def ready(pending: list[Task]) -> list[Task]:
+        return [t for t in pending if set(t.needs) <= done]
+
+    pending = list(tasks)
+    if workers <= 1:
+        while pending:
+            task = ready(pending)[0]
+            pending.remove(task)
+            bar.set_postfix_str(task.name)
+            run_task(task, plan, position=1, progress=progress)
+            done.add(task.name)
+            bar.update()
+        bar.close()
+        return
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(context.RLock(), context.Value("i", 0))) as pool:
+        running: dict[Future, Task] = {}
+        try:
+            while pending or running:
+                for task in ready(pending)[: workers - len(running)]:
+                    pending.remove(task)
+                    running[pool.submit(_run_in_worker, task, plan, progress)] = task
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task = running.pop(future)
+                    future.result()   # re-raises a worker's error here
+                    done.add(task.name)
+                    bar.update()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    bar.close()
+
+
+def default_workers(plan: Plan) -> int:
+    """One worker per core on a CPU; one on a GPU. Methods defined outside the package (in a
+    notebook or test) exist only in this process, so such plans run here."""
+    if train.resolve_device(plan.base.device).type == "cuda":
+        return 1
+    if any(not METHODS[m].loss.__module__.startswith("rslad_kit") for m in plan.methods):
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def describe(plan: Plan) -> str:
+    """The plan in words, with its estimated cost."""
+    tasks = plan.tasks()
+    n_train = sum(t.kind == "train" for t in tasks)
+    lines = [f"plan '{plan.preset}': {n_train} training runs, {len(tasks) - n_train} evaluations, "
+             f"tables {', '.join(map(str, plan.plan.tables))}, seeds {len(plan.seeds)}, eps {plan.eps:.4g}",
+             f"results in {plan.out}"]
+    for name, cfg in plan.runs.items():
+        state = "done" if train.is_finished(plan.out / "runs" / name) else "to do"
+        lines.append(f"  train {name:<34} {cfg.method:>8} {cfg.model:>12} {cfg.epochs:>4} epochs  [{state}]")
+    return "\n".join(lines)
+
+
+def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = False, seeds: int | None = None,
+        workers: int | None = None, progress: bool = True, tables: tuple[int, ...] | None = None,
+        **overrides: Any) -> Path:
+    """Build, run and report the plan of preset `p`; returns the results folder."""
+    from rslad_kit import report
+
+    plan = build_plan(p, out, seeds=seeds, tables=tables, **overrides)
+    workers = workers or default_workers(plan)
+    if dry_run:
+        print(describe(plan))
+        print(estimate_seconds(plan, workers))
+        return plan.out
+    started = time.perf_counter()
+    execute(plan, workers, progress)
+    report.write(plan, seconds=time.perf_counter() - started)
+    return plan.out
+
+
+def estimate_seconds(plan: Plan, workers: int) -> str:
+    """A rough wall-clock estimate from a short timing of each architecture on this machine."""
+    per_unit = _seconds_per_cost_unit(plan)
+    train_s = sum(t.cost for t in plan.tasks() if t.kind == "train") * per_unit / workers
+    return (f"estimated training time: {train_s / 60:.1f} min on {workers} worker(s) "
+            f"(from a timing here; evaluation adds AutoAttack's cost)")
+
+
+def _seconds_per_cost_unit(plan: Plan) -> float:
+    cfg = next(iter(plan.runs.values()))
+    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+    model = models.build(cfg.model, ds.num_classes, in_channels=ds.in_channels)
+    x = ds.train.x[: cfg.batch_size]
+    start = time.perf_counter()
+    for _ in range(3):
+        model(x).sum().backward()
+    per_pass = (time.perf_counter() - start) / 3
+    size = sum(p.numel() for p in model.parameters())
+    batches = len(ds.train) / cfg.batch_size
+    return per_pass * batches / size
