@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(BIN)/rslad-kit reproduce --preset classroom
 
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 $(STAMP): pyproject.toml requirements-pinned.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -40,8 +40,7 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return changes
 
 
-def _print_row(row: dict) -> None:
-    names = [k for k in row if k not in ("n", "eps", "seconds", "warnings")]
+def _print_row(row: dict, names: Sequence[str]) -> None:
     print(" | ".join(f"{name:>10}" for name in names))
     print(" | ".join(f"{row[name]:>10.2f}" for name in names))
     print(f"n = {row['n']}, eps = {row['eps']:.4g}; seconds: "
@@ -64,8 +63,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                      in_channels=ds.in_channels).to(device)
     row = evaluate.evaluate(model, ds.test.to(device), attacks, eps=args.eps, n=args.n,
                             batch_size=args.batch_size, surrogate=surrogate)
+    _print_row(row, attacks)
     row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset}
-    _print_row(row)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         train.write_text(Path(args.json), json.dumps(row, indent=2))
@@ -90,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from rslad_kit import reproduce
 
-    reproduce.run(args.preset, out=args.out, dry_run=args.dry_run, seeds=args.seeds,
+    reproduce.run(args.preset, out=args.out, dry_run=args.dry_run, seeds=args.seeds, full=args.full,
                   data_root=args.data_root, device=args.device)
 
 
@@ -136,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
     rp.add_argument("--data-root", default="data")
     rp.add_argument("--device", default="auto")
+    rp.add_argument("--full", action="store_true",
+                    help="lift the preset's CPU budget: every seed and checkpoint gets every attack")
     rp.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
     rp.set_defaults(func=cmd_reproduce)
     return parser

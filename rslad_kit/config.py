@@ -94,8 +94,11 @@ class PlanConfig:
     surrogate: Mapping[str, Any]        # recipe of the adversarially trained black-box surrogate (Table 5)
     seeds: int = 1                      # the paper reports single runs
     tables: tuple[int, ...] = (2, 3, 5, 6, 7)
-    slow_attack_seeds: int | None = None  # AutoAttack and Square on the first k seeds only (None: all);
-                                          # on a CPU each costs a fixed ~20 s / ~8 s a checkpoint
+    # A CPU budget (None / both checkpoints: no cuts; `reproduce --full` lifts it). On a CPU,
+    # AutoAttack and Square cost a fixed ~20 s and ~8 s a checkpoint whatever the model.
+    ablation_seeds: int | None = None     # the Table 6/7 variants on the first k seeds
+    slow_attack_seeds: int | None = None  # AutoAttack and Square on the first k seeds ...
+    slow_attack_checkpoints: tuple[str, ...] = ("best", "last")  # ... and these checkpoints
     autoattack: tuple[str, ...] | None = None  # None: the standard version; else these AA attacks only
     square_queries: int = 5000            # AutoAttack's Square budget
 
@@ -140,12 +143,13 @@ _CIFAR100_RECIPES = _CIFAR10_RECIPES | {
 # The classroom: the embedded digits on a CPU in minutes, chosen by the regime study
 # (docs/classroom_regime.md): at eps 0.2 a width-16 TRADES teacher is 20+ points more robust than a
 # SAT-trained width-4 student, so distillation has something to transfer. Every method shares one
-# 40-epoch schedule (20 epochs leaves all of them undertrained), and KL terms are plain batchmean:
-# with only 400 SGD steps the official x0.1 factors act as a 10x smaller learning rate, and RSLAD and
-# ARD students stall below 10% PGD accuracy (the study's numbers).
+# 40-epoch schedule (30 or 20 epochs leave them undertrained), and KL terms are plain batchmean: with
+# only 400 SGD steps the official x0.1 factors act as a 10x smaller learning rate, and RSLAD and ARD
+# students stall below 10% PGD accuracy. Training attacks are PGD-5 with step eps/2.5: as robust as
+# PGD-10 in the study, and what lets the 3-seed plan fit a 15-minute demo.
 _CLASSROOM = TrainConfig(
     dataset="digits", model="cnn-w4", epochs=40, batch_size=128, lr=0.1, milestones=(30, 36),
-    weight_decay=5e-4, attack=AttackConfig(eps=0.2, step_size=0.05), select_by="pgd_trades",
+    weight_decay=5e-4, attack=AttackConfig(eps=0.2, step_size=0.08, steps=5), select_by="pgd_trades",
 )
 _CLASSROOM_RECIPES: dict[str, dict[str, Any]] = {
     "natural": dict(select_by="clean"),
@@ -176,9 +180,12 @@ PRESETS: dict[str, Preset] = {
     ),
     "classroom": Preset(
         _CLASSROOM, _CLASSROOM_RECIPES, "the embedded digits on a CPU in minutes",
+        # 15 minutes for `make demo`: 3 seeds of every method; the Table 6/7 variants and the slow
+        # query attacks (on best checkpoints) on the first seed. `reproduce --full` runs it all (~30 min).
         PlanConfig(students=("cnn-w4",), teacher=dict(method="trades", model="cnn-w16"),
-                   natural_teacher=dict(method="natural", model="cnn-w16"),
-                   surrogate=dict(method="sat", model="cnn-w8"), seeds=3, slow_attack_seeds=1),
+                   natural_teacher=dict(method="natural", model="cnn-w16", epochs=20, milestones=(15, 18)),
+                   surrogate=dict(method="sat", model="cnn-w8"), seeds=3, ablation_seeds=1,
+                   slow_attack_seeds=1, slow_attack_checkpoints=("best",)),
     ),
     "cifar10": Preset(
         TrainConfig(dataset="cifar10", teacher="robustbench:Zhang2019Theoretically"),

@@ -102,10 +102,13 @@ class Table:
         return out.getvalue()
 
 
-def _rows(plan, evals, paper, table, student, row, label, columns, seeds_note, paper_row=None):
+def _rows(plan, evals, paper, table, student, row, label, columns, paper_row=None):
     """Our row (mean +- sd over seeds) and, where the paper has it, the paper's row beneath."""
     runs = plan.rows.get((table, student, row), [])
-    ours = [str(cell(plan, evals, runs, ckpt, a)) for ckpt, a in columns]
+    seeds_note = f"{len(runs)} seed" + ("s" if len(runs) != 1 else "")
+    cells = [cell(plan, evals, runs, ckpt, a) for ckpt, a in columns]
+    # † marks numbers from fewer seeds than the row's (the slow attacks on the first seeds only).
+    ours = [str(c) + (" †" if 0 < len(c.values) < len(runs) else "") for c in cells]
     dataset, model = paper_reference(plan, student)
     theirs = [paper.get((table, dataset, model, paper_row or row, ckpt, a)) for ckpt, a in columns]
     lines = [(student, label, f"ours ({seeds_note})", ours)]
@@ -117,7 +120,6 @@ def _rows(plan, evals, paper, table, student, row, label, columns, seeds_note, p
 
 def build_tables(plan: Plan) -> list[Table]:
     evals, paper = _evals(plan), paper_numbers()
-    seeds = f"{len(plan.seeds)} seed" + ("s" if len(plan.seeds) > 1 else "")
     both = [(c, a) for c in ("best", "last") for a in WHITE_BOX]
     tables = []
     pc = plan.plan
@@ -132,15 +134,16 @@ def build_tables(plan: Plan) -> list[Table]:
             if run in plan.evaluations:
                 rows.append((plan.runs[run].model if run in plan.runs else plan.teacher_spec, label, "ours",
                              [str(cell(plan, evals, [run], c, a)) for c, a in cols]))
-        rows.append(("", "", f"paper ({teacher_model}, {dataset})",
-                     [f"{paper[(2, dataset, teacher_model, 'teacher', c, a)]:.2f}" for c, a in cols]))
+            if run == "teacher":
+                rows.append(("", "", f"paper ({teacher_model}, {dataset})",
+                             [f"{paper[(2, dataset, teacher_model, 'teacher', c, a)]:.2f}" for c, a in cols]))
         tables.append(Table(2, "robustness of the teachers", cols, rows))
 
     for number in (3, 4):
         if number not in pc.tables:
             continue
         rows = [line for student in pc.students for m in plan.methods
-                for line in _rows(plan, evals, paper, number, student, m, ROW_NAMES.get(m, m), both, seeds)]
+                for line in _rows(plan, evals, paper, number, student, m, ROW_NAMES.get(m, m), both)]
         tables.append(Table(number, f"white-box robustness on {plan.dataset}", both, rows,
                             "Best = the epoch with the best PGD_TRADES accuracy on the validation split "
                             "(clean accuracy for Natural); last = the final epoch."))
@@ -148,7 +151,7 @@ def build_tables(plan: Plan) -> list[Table]:
     if 5 in pc.tables:
         cols = [("best", a) for a in BLACK_BOX]
         rows = [line for student in pc.students for m in plan.methods if (5, student, m) in plan.rows
-                for line in _rows(plan, evals, paper, 5, student, m, ROW_NAMES.get(m, m), cols, seeds)]
+                for line in _rows(plan, evals, paper, 5, student, m, ROW_NAMES.get(m, m), cols)]
         tables.append(Table(5, "black-box robustness (transfer from the surrogate; Square)", cols, rows))
 
     if 6 in pc.tables:
@@ -156,7 +159,7 @@ def build_tables(plan: Plan) -> list[Table]:
         student = pc.students[0]
         names = [r for (t, s, r) in plan.rows if t == 6 and s == student]
         rows = [line for r in names
-                for line in _rows(plan, evals, paper, 6, student, r, ROW_NAMES.get(r, r), cols, seeds)]
+                for line in _rows(plan, evals, paper, 6, student, r, ROW_NAMES.get(r, r), cols)]
         tables.append(Table(6, "ablation: inner/outer losses of ARD and RSLAD, under RSLAD's schedule", cols, rows))
 
     if 7 in pc.tables:
@@ -170,7 +173,7 @@ def build_tables(plan: Plan) -> list[Table]:
                 label = kind.upper() + ("" if method == "rslad" else f" ({method})")
                 # The paper's Table 7 rows (ssl / nsl / rsl) are RSLAD's.
                 paper_row = kind if method == "rslad" else "-"
-                rows += _rows(plan, evals, paper, 7, student, r, label, cols, seeds, paper_row)
+                rows += _rows(plan, evals, paper, 7, student, r, label, cols, paper_row)
         tables.append(Table(7, "soft labels: smoothed (SSL), natural teacher (NSL), robust teacher (RSL)",
                             cols, rows))
     return tables
@@ -195,11 +198,28 @@ def compare(a: Cell, b: Cell) -> tuple[float, float | None]:
 
 
 def verdict(diff: float, p: float | None) -> str:
+    if diff == 0:
+        return "tie"
     if p is None:
         return "holds (one run)" if diff > 0 else "does not hold (one run)"
     if p < 0.05:
         return "holds" if diff > 0 else "does not hold (reversed beyond noise)"
     return "within noise (same direction)" if diff > 0 else "within noise (reversed)"
+
+
+def rankings(plan: Plan) -> list[str]:
+    """The students of the white-box table ranked by PGD_TRADES and AutoAttack (best checkpoints)."""
+    evals, out = _evals(plan), []
+    table = 4 if plan.dataset == "cifar100" else 3
+    student = plan.plan.students[0]
+    for attack in ("pgd_trades", "autoattack"):
+        cells = {m: cell(plan, evals, plan.rows.get((table, student, m), []), "best", attack) for m in plan.methods}
+        ranked = sorted(((c.mean, m, c) for m, c in cells.items() if c.mean is not None), reverse=True)
+        if ranked:
+            seeds = max(len(c.values) for _, _, c in ranked)
+            out.append(f"- {ATTACK_NAMES[attack]} ({seeds} seed{'s' if seeds > 1 else ''}): "
+                       + " > ".join(f"{ROW_NAMES.get(m, m)} {c}" for _, m, c in ranked))
+    return out
 
 
 def claims(plan: Plan) -> list[str]:
@@ -256,6 +276,10 @@ def claims(plan: Plan) -> list[str]:
     return out
 
 
+def student_label(plan: Plan) -> str:
+    return f"{plan.plan.students[0]} on {plan.dataset}"
+
+
 def write(plan: Plan, seconds: float | None = None) -> list[Path]:
     """Write every table (Markdown and CSV) and the summary; returns the files written."""
     written = []
@@ -271,11 +295,20 @@ def write(plan: Plan, seconds: float | None = None) -> list[Path]:
              f"{len(plan.seeds)} seed(s) per student; eps = {plan.eps:.4g}; dataset {plan.dataset}; "
              f"students {', '.join(plan.plan.students)}; teacher {plan.teacher_spec}.",
              f"Wall-clock time of this invocation: {seconds / 60:.1f} min." if seconds is not None else "",
-             "", "## The paper's claims on these numbers", "", *claims(plan), ""]
-    k = plan.plan.slow_attack_seeds
-    if k is not None and len(plan.seeds) > k:
-        lines += [f"AutoAttack and Square ran on the first {k} seed(s) only: on a CPU each costs a fixed "
-                  "~20 s / ~8 s per checkpoint whatever the model. The other attacks ran on every seed.", ""]
+             "", f"## Students ranked (best checkpoints, {student_label(plan)})", "", *rankings(plan), "",
+             "## The paper's claims on these numbers", "", *claims(plan), ""]
+    pc = plan.plan
+    budget = []
+    if pc.slow_attack_seeds is not None and len(plan.seeds) > pc.slow_attack_seeds:
+        budget.append(f"AutoAttack and Square ran on the first {pc.slow_attack_seeds} seed(s) (marked †)")
+    if set(pc.slow_attack_checkpoints) != {"best", "last"}:
+        budget.append(f"on the {' and '.join(pc.slow_attack_checkpoints)} checkpoints only (— elsewhere)")
+    if pc.ablation_seeds is not None and len(plan.seeds) > pc.ablation_seeds:
+        budget.append(f"the Table 6/7 variants trained on the first {pc.ablation_seeds} seed(s)")
+    if budget:
+        lines += ["CPU budget of this preset: " + "; ".join(budget) + ". On a CPU, AutoAttack and Square cost a "
+                  "fixed ~20 s and ~8 s per checkpoint whatever the model. Every other number uses every seed. "
+                  f"`rslad-kit reproduce --preset {plan.preset} --full` lifts these cuts.", ""]
     if plan.plan.autoattack or plan.plan.square_queries != 5000:
         lines += [f"Reduced query attacks (a smoke setting, not the standard evaluation): AutoAttack = "
                   f"{', '.join(plan.plan.autoattack or ['standard'])}, Square = {plan.plan.square_queries} queries.",
@@ -284,7 +317,12 @@ def write(plan: Plan, seconds: float | None = None) -> list[Path]:
         lines += [f"Table {number} is not part of this preset (Table 3 is CIFAR-10's white-box table, "
                   f"Table 4 CIFAR-100's; this preset's white-box results are in the other).", ""]
     if warnings:
-        lines += ["## Evaluation warnings", "", *[f"- {w}" for w in warnings], ""]
+        lines += ["## Evaluation warnings", ""]
+        if any("Square" in w for w in warnings):
+            lines += ["Where black-box Square finds more adversarial examples than PGD, the gradient attacks "
+                      "overestimate robustness (gradient masking, or simply a weak gradient attack on this input); "
+                      "AutoAttack, which includes Square, is the number to trust.", ""]
+        lines += [*[f"- {w}" for w in warnings], ""]
     path = plan.out / "summary.md"
     write_text(path, "\n".join(lines))
     return [*written, path]

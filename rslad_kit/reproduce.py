@@ -16,6 +16,7 @@ import functools
 import json
 import multiprocessing
 import os
+import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -87,23 +88,28 @@ class Plan:
     def need(self, run: str, checkpoint: str, attacks: tuple[str, ...]) -> None:
         self.evaluations.setdefault(run, {}).setdefault(checkpoint, set()).update(attacks)
 
-    def attacks_for(self, attacks: tuple[str, ...], seed: int) -> tuple[str, ...]:
-        """The attacks a seed's run gets: the slow query-based ones only on the first seeds, if so set."""
-        k = self.plan.slow_attack_seeds
-        return tuple(a for a in attacks if a not in SLOW_ATTACKS or k is None or seed < k)
+    def attacks_for(self, attacks: tuple[str, ...], seed: int, checkpoint: str) -> tuple[str, ...]:
+        """The attacks a checkpoint gets: the slow query attacks only within the preset's budget."""
+        k, ckpts = self.plan.slow_attack_seeds, self.plan.slow_attack_checkpoints
+        slow_ok = (k is None or seed < k) and checkpoint in ckpts
+        return tuple(a for a in attacks if a not in SLOW_ATTACKS or slow_ok)
 
     # --- tasks ---------------------------------------------------------------------------------------
 
     def tasks(self) -> list[Task]:
         train_tasks = [Task(name, "train", needs=self._needs(cfg), cfg=cfg, cost=estimate_cost(cfg))
                        for name, cfg in self.runs.items()]
+        # On a CPU one slow query attack on one checkpoint costs about one student's training run.
+        typical_run = statistics.median(t.cost for t in train_tasks) if train_tasks else 1.0
         eval_tasks = []
         for run, ckpts in self.evaluations.items():
             needs = (run,) if run in self.runs else ()
             if any(a.startswith("transfer") for attacks in ckpts.values() for a in attacks):
                 needs += ("surrogate",)
+            slow = sum(a in SLOW_ATTACKS for attacks in ckpts.values() for a in attacks)
             eval_tasks.append(Task(f"eval:{run}", "evaluate", needs=needs,
-                                   checkpoints={k: tuple(sorted(v)) for k, v in ckpts.items()}))
+                                   checkpoints={k: tuple(sorted(v)) for k, v in ckpts.items()},
+                                   cost=typical_run * (slow + 0.1 * len(ckpts))))
         return train_tasks + eval_tasks
 
     def _needs(self, cfg: TrainConfig) -> tuple[str, ...]:
@@ -126,11 +132,12 @@ def _student_cfg(p: str, row: str, student: str, seed: int, teacher: str) -> Tra
 
 def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
                tables: tuple[int, ...] | None = None, methods: tuple[str, ...] | None = None,
-               **overrides: Any) -> Plan:
+               full: bool = False, **overrides: Any) -> Plan:
     """The runs and evaluations behind the tables of preset `p`.
 
     `methods` defaults to every entry of METHODS, so a method registered by the user appears in every
-    table. `overrides` apply to every run (e.g. data_root, device).
+    table. `full` lifts the preset's CPU budget (every seed and checkpoint gets every attack).
+    `overrides` apply to every run (e.g. data_root, device).
     """
     if p not in PRESETS or PRESETS[p].plan is None:
         known = [name for name, pr in PRESETS.items() if pr.plan is not None]
@@ -138,6 +145,8 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     pc = PRESETS[p].plan
     if tables:
         pc = replace(pc, tables=tuple(tables))
+    if full:
+        pc = replace(pc, ablation_seeds=None, slow_attack_seeds=None, slow_attack_checkpoints=("best", "last"))
     base = preset(p, "rslad", **overrides)
     plan = Plan(preset=p, out=Path(out) / p, plan=pc, dataset=base.dataset, eps=base.attack.eps,
                 methods=tuple(methods or METHODS), seeds=tuple(range(seeds or pc.seeds)),
@@ -158,14 +167,17 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     if 5 in pc.tables:
         plan.runs["surrogate"] = override(preset(p, pc.surrogate["method"], **overrides), **pc.surrogate,
                                           seed=10_000)   # its own seed: a different model from any student
-        plan.need("surrogate", "best", WHITE_BOX)
+        plan.need("surrogate", "best", tuple(a for a in WHITE_BOX if a not in SLOW_ATTACKS))
 
-    def add_row(table: int, student: str, row: str, seed: int, ckpts: dict[str, tuple[str, ...]]) -> None:
+    def add_row(table: int, student: str, row: str, seed: int, ckpts: dict[str, tuple[str, ...]],
+                new_runs: bool = True) -> None:
         cfg = override(_student_cfg(p, row, student, seed, plan.teacher_spec), **overrides)
+        if not new_runs and cfg not in plan.runs.values():
+            return   # outside the ablation budget, a variant row only reuses runs trained anyway
         run = plan.add_run(f"{student}-{row}-s{seed}", cfg)
         plan.rows.setdefault((table, student, row), []).append(run)
         for ckpt, attacks in ckpts.items():
-            plan.need(run, ckpt, plan.attacks_for(attacks, seed))
+            plan.need(run, ckpt, plan.attacks_for(attacks, seed, ckpt))
 
     white_box_table = 4 if plan.dataset == "cifar100" else 3
     # Table 7 swaps RSLAD's soft labels (and those of any added method that reads them).
@@ -180,14 +192,18 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
                 for m in plan.methods:
                     if METHODS[m].attack != "none":
                         add_row(5, student, m, seed, {"best": BLACK_BOX})
-            if 6 in pc.tables and student == pc.students[0]:
+            if student != pc.students[0]:
+                continue   # the paper ablates its first student only
+            within_budget = seed < (pc.ablation_seeds or len(plan.seeds))
+            if 6 in pc.tables:
                 extra = [m for m in plan.methods if m not in PAPER_METHODS]
                 for row in (*ABLATIONS, *extra):
-                    add_row(6, student, row, seed, {"best": WHITE_BOX})
-            if 7 in pc.tables and student == pc.students[0]:
+                    add_row(6, student, row, seed, {"best": WHITE_BOX}, new_runs=within_budget)
+            if 7 in pc.tables:
                 for m in distilling:
                     for row in (f"{m}-ssl", f"{m}-nsl", m):
-                        add_row(7, student, row, seed, {"best": SOFT_LABEL_ATTACKS, "last": SOFT_LABEL_ATTACKS})
+                        add_row(7, student, row, seed, {"best": SOFT_LABEL_ATTACKS, "last": SOFT_LABEL_ATTACKS},
+                                new_runs=within_budget)
     return plan
 
 
@@ -365,11 +381,11 @@ def describe(plan: Plan) -> str:
 
 def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = False, seeds: int | None = None,
         workers: int | None = None, progress: bool = True, tables: tuple[int, ...] | None = None,
-        **overrides: Any) -> Path:
+        full: bool = False, **overrides: Any) -> Path:
     """Build, run and report the plan of preset `p`; returns the results folder."""
     from rslad_kit import report
 
-    plan = build_plan(p, out, seeds=seeds, tables=tables, **overrides)
+    plan = build_plan(p, out, seeds=seeds, tables=tables, full=full, **overrides)
     workers = workers or default_workers(plan)
     if dry_run:
         print(describe(plan))

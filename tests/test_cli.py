@@ -1,0 +1,74 @@
+"""The `rslad-kit` command: evaluate end to end, presets, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rslad_kit import config, models, train
+from rslad_kit.losses import METHODS
+
+
+def cli(*args):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rslad_kit.cli", "--threads", "1", *args],
+                          capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "sat"
+    train.train(config.preset("smoke", "sat"), out, progress=False)
+    return out / "best.pt"
+
+
+def test_evaluate_prints_the_table_and_writes_json(checkpoint, tmp_path):
+    result = cli("evaluate", "--model", "cnn-w4", "--checkpoint", str(checkpoint), "--dataset", "digits",
+                 "--eps", "0.2", "--attacks", "clean,fgsm,pgd_trades", "--n", "50", "--json",
+                 str(tmp_path / "row.json"))
+    assert result.returncode == 0, result.stderr
+    assert "pgd_trades" in result.stdout
+    row = json.loads((tmp_path / "row.json").read_text())
+    assert row["n"] == 50 and row["pgd_trades"] <= row["clean"] and row["model"] == "cnn-w4"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attacks", "clean,pgd50"], "unknown attack 'pgd50'"),
+    (["--eps", "8"], "eps must lie in (0, 1]"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--model", "resnet18"], "does not fit ResNet"),
+    (["--checkpoint", "nowhere.pt"], "checkpoint nowhere.pt not found"),
+])
+def test_evaluate_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, args, message):
+    base = {"--model": "cnn-w4", "--checkpoint": str(checkpoint), "--dataset": "digits", "--eps": "0.2",
+            "--attacks": "clean", "--json": str(tmp_path / "row.json")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    result = cli("evaluate", *[x for pair in base.items() for x in pair])
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "row.json").exists()
+
+
+def test_a_checkpoint_carrying_code_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"model": models.build("cnn-w4", 10, in_channels=1).state_dict(), "extra": Payload()},
+               tmp_path / "evil.pt")
+    result = cli("evaluate", "--model", "cnn-w4", "--checkpoint", str(tmp_path / "evil.pt"), "--dataset", "digits",
+                 "--eps", "0.2", "--attacks", "clean")
+    assert result.returncode == 2 and "refused" in result.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("name", list(config.PRESETS))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_preset_builds_a_valid_config_for_every_method(name, method):
+    cfg = config.preset(name, method, teacher="t" if METHODS[method].needs_teacher else None)
+    train.check_config(cfg)
+    assert config.from_dict(config.to_dict(cfg)) == cfg
