@@ -95,7 +95,7 @@ class PlanConfig:
     seeds: int = 1                      # the paper reports single runs
     tables: tuple[int, ...] = (2, 3, 5, 6, 7)
     # A CPU budget (None / both checkpoints: no cuts; `reproduce --full` lifts it). On a CPU,
-    # AutoAttack and Square cost a fixed ~20 s and ~8 s a checkpoint whatever the model.
+    # AutoAttack and Square cost a fixed ~24 s and ~13 s a checkpoint whatever the model.
     ablation_seeds: int | None = None     # the Table 6/7 variants on the first k seeds
     slow_attack_seeds: int | None = None  # AutoAttack and Square on the first k seeds ...
     slow_attack_checkpoints: tuple[str, ...] = ("best", "last")  # ... and these checkpoints
@@ -181,7 +181,7 @@ PRESETS: dict[str, Preset] = {
     "classroom": Preset(
         _CLASSROOM, _CLASSROOM_RECIPES, "the embedded digits on a CPU in minutes",
         # 15 minutes for `make demo`: 3 seeds of every method; the Table 6/7 variants and the slow
-        # query attacks (on best checkpoints) on the first seed. `reproduce --full` runs it all (~30 min).
+        # query attacks (on best checkpoints) on the first seed. `reproduce --full` runs it all.
         PlanConfig(students=("cnn-w4",), teacher=dict(method="trades", model="cnn-w16"),
                    natural_teacher=dict(method="natural", model="cnn-w16", epochs=20, milestones=(15, 18)),
                    surrogate=dict(method="sat", model="cnn-w8"), seeds=3, ablation_seeds=1,

@@ -94,11 +94,15 @@ def evaluate(
             probe = model(x[:batch_size])
         if probe.min() >= 0 and torch.allclose(probe.sum(1), torch.ones_like(probe[:, 0]), atol=1e-3):
             warn("the model's outputs look like probabilities; attacks need logits (remove the final softmax)")
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
+                atk.autoattack_warnings() as flags:
             torch.manual_seed(seed)
             for name in names:
                 start = time.perf_counter()
                 x_adv = x if name == "clean" else run[name](model, x, y)
+                for flag in flags:   # AutoAttack's own sanity checks
+                    warn(f"{name} (AutoAttack's check): {flag}")
+                flags.clear()
                 if name != "clean":
                     gap = (x_adv - x).abs().max().item()
                     if gap > eps + 1e-6 or x_adv.min() < 0 or x_adv.max() > 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -398,22 +399,34 @@ def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = Fa
 
 
 def estimate_seconds(plan: Plan, workers: int) -> str:
-    """A rough wall-clock estimate from a short timing of each architecture on this machine."""
-    per_unit = _seconds_per_cost_unit(plan)
-    train_s = sum(t.cost for t in plan.tasks() if t.kind == "train") * per_unit / workers
-    return (f"estimated training time: {train_s / 60:.1f} min on {workers} worker(s) "
-            f"(from a timing here; evaluation adds AutoAttack's cost)")
+    """A rough estimate from one timed forward-backward pass of each architecture on this machine."""
+    ds = _dataset(plan.base.dataset, plan.base.data_root, plan.base.val_size, plan.base.image_size)
+    per_pass: dict[tuple[str, int], float] = {}
+    core_seconds = 0.0
+    for cfg in plan.runs.values():
+        key = (cfg.model, cfg.batch_size)
+        if key not in per_pass:
+            per_pass[key] = _time_pass(cfg.model, ds, cfg.batch_size)
+        attack = cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0
+        steps = math.ceil(len(ds.train) / cfg.batch_size) * (attack + 2)       # attack + outer forwards
+        validation = math.ceil(len(ds.val) / cfg.batch_size) * 21               # clean + PGD-20
+        core_seconds += cfg.epochs * (steps + validation) * per_pass[key]
+    slow = {a: sum(a in attacks for ckpts in plan.evaluations.values() for attacks in ckpts.values())
+            for a in SLOW_ATTACKS}
+    return (f"estimated training: {core_seconds / 60:.1f} min of one core, so about "
+            f"{core_seconds / 60 / workers:.1f} min on {workers} worker(s) if they do not slow each other "
+            f"(two processes on a 2-core CPU each run about 1.4x slower). Evaluation adds {slow['autoattack']} "
+            f"AutoAttack and {slow['square']} Square runs; on a CPU each costs about 24 s and 13 s for a "
+            "small model (benchmarks/README.md), more for large ones.")
 
 
-def _seconds_per_cost_unit(plan: Plan) -> float:
-    cfg = next(iter(plan.runs.values()))
-    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
-    model = models.build(cfg.model, ds.num_classes, in_channels=ds.in_channels)
-    x = ds.train.x[: cfg.batch_size]
+def _time_pass(model_name: str, ds: data_lib.Dataset, batch_size: int) -> float:
+    """Seconds of one forward-backward pass at `batch_size`, timed on a few images and scaled."""
+    model = models.build(model_name, ds.num_classes, in_channels=ds.in_channels)
+    n = min(batch_size, 16 if ds.image_size > 8 else batch_size)   # big models: time a small batch
+    x = ds.train.x[:n]
+    model(x).sum().backward()   # warm-up
     start = time.perf_counter()
-    for _ in range(3):
+    for _ in range(2):
         model(x).sum().backward()
-    per_pass = (time.perf_counter() - start) / 3
-    size = sum(p.numel() for p in model.parameters())
-    batches = len(ds.train) / cfg.batch_size
-    return per_pass * batches / size
+    return (time.perf_counter() - start) / 2 * batch_size / n

@@ -206,3 +206,16 @@ def test_autoattack_adapter_is_deterministic_and_bounded(batch):
     assert torch.equal(a, b)
     assert (a - x).abs().max() <= EPS + 1e-6 and a.min() >= 0 and a.max() <= 1
     assert not model.training
+
+
+def test_autoattacks_own_checks_land_in_the_row(batch, monkeypatch):
+    import logging
+
+    def flags_and_returns_clean(model, x, y, **kwargs):
+        logging.getLogger("auto-attack").warning("Square Attack has decreased the robust accuracy")
+        return x
+
+    monkeypatch.setattr(attacks, "autoattack", flags_and_returns_clean)
+    with pytest.warns(UserWarning, match="AutoAttack's check"):
+        row = evaluate(tiny_model().eval(), batch, ["autoattack"], eps=EPS)
+    assert any("Square Attack has decreased" in w for w in row["warnings"])
