@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -41,7 +39,7 @@ def run_one(args: tuple[str, dict, str]) -> dict:
     run_dir = Path(out) / "runs" / name
     start = time.time()
     if not train.is_finished(run_dir):
-        history = train.train(cfg, run_dir, progress=False, dataset=ds, resume=(run_dir / "last.pt").exists())
+        train.train(cfg, run_dir, progress=False, dataset=ds, resume=(run_dir / "last.pt").exists())
     seconds = time.time() - start
     model = train.load_model(run_dir)
     row = evaluate.evaluate(model, ds.val, ["clean", "pgd_trades"], eps=cfg.attack.eps)

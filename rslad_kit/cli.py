@@ -16,7 +16,9 @@ def _threads(value: str | None) -> int:
     """Torch's CPU thread count, set deliberately: oversubscription slows AutoAttack 20-50x."""
     if value:
         return int(value)
-    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    from rslad_kit.train import available_cores
+
+    return int(os.environ.get("OMP_NUM_THREADS") or available_cores())
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from rslad_kit.reproduce import ABLATIONS, BLACK_BOX, SOFT_LABEL_ATTACKS, WHITE_BOX, Plan
+from rslad_kit.reproduce import BLACK_BOX, SOFT_LABEL_ATTACKS, WHITE_BOX, Plan
 from rslad_kit.train import write_text
 
 ATTACK_NAMES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES", "cw": "CW∞",

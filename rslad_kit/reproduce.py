@@ -16,7 +16,6 @@ import functools
 import json
 import math
 import multiprocessing
-import os
 import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from rslad_kit import data as data_lib
 from rslad_kit import evaluate as evaluate_lib
 from rslad_kit import models, train
-from rslad_kit.config import PRESETS, PlanConfig, TrainConfig, override, preset, to_dict
+from rslad_kit.config import PRESETS, PlanConfig, TrainConfig, override, preset
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS
 
@@ -263,9 +262,13 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         # best.pt and last.pt are often the same epoch: evaluate once.
         cached = {a: v for a, v in by_epoch.get(epoch, {}).items() if a in missing}
         todo = [a for a in missing if a not in cached]
-        row = evaluate_lib.evaluate(model, test, todo, eps=plan.eps, surrogate=surrogate,
+        # AutoAttack keeps its progress in a state file, so an interrupted evaluation resumes.
+        state = plan.out / "evals" / f".{run}.{ckpt}.e{epoch}.autoattack-state.json"
+        state.parent.mkdir(parents=True, exist_ok=True)
+        row = evaluate_lib.evaluate(model, test, todo, eps=plan.eps, surrogate=surrogate, autoattack_state=state,
                                     autoattack_only=plan.plan.autoattack,
                                     square_queries=plan.plan.square_queries) if todo else {}
+        state.unlink(missing_ok=True)
         scores = cached | {a: row[a] for a in todo}
         by_epoch.setdefault(epoch, {}).update(scores)
         entry = done.setdefault(ckpt, {})
@@ -274,7 +277,6 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         entry.setdefault("seconds", {}).update(row.get("seconds", {}))
         entry["warnings"] = sorted(set(entry.get("warnings", [])) | set(row.get("warnings", [])))
     done["provenance"] = train.provenance(device) | {"n": len(test), "eps": plan.eps}
-    path.parent.mkdir(parents=True, exist_ok=True)
     train.write_text(path, json.dumps(done, indent=1))
 
 
@@ -364,7 +366,7 @@ def default_workers(plan: Plan) -> int:
         return 1
     if any(not METHODS[m].loss.__module__.startswith("rslad_kit") for m in plan.methods):
         return 1
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
+    return max(1, min(train.available_cores(), 8))
 
 
 def describe(plan: Plan) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import subprocess
 import time
@@ -198,8 +199,8 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
 def _kit_meta(path: Path) -> dict | None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None  # not ours; load_checkpoint gives the precise error
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+        return None  # not a loadable kit checkpoint; load_checkpoint gives the precise error
     return checkpoint.get("meta") if isinstance(checkpoint, dict) else None
 
 
@@ -254,6 +255,11 @@ def provenance(device: torch.device | str) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"kit_version": rslad_kit.__version__, "git_commit": commit, "torch_version": str(torch.__version__),
             "device": f"{device.type}: {name}", "threads": torch.get_num_threads()}
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (macOS has no sched_getaffinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve_device(name: str) -> torch.device:

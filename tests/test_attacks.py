@@ -198,12 +198,13 @@ def test_square_beats_masked_gradients_and_is_flagged():
     assert row["clean"] == 100.0 and row["pgd_sat"] == 100.0 and row["square"] < 100.0
 
 
-def test_autoattack_adapter_is_deterministic_and_bounded(batch):
+def test_autoattack_adapter_is_deterministic_bounded_and_resumable(batch, tmp_path):
     x, y = batch[0][:8], batch[1][:8]
     model = tiny_model().eval()
     a = attacks.autoattack(model, x, y, eps=EPS, seed=0)
-    b = attacks.autoattack(model, x, y, eps=EPS, seed=0)
+    b = attacks.autoattack(model, x, y, eps=EPS, seed=0, state_path=tmp_path / "state.json")
     assert torch.equal(a, b)
+    assert json.loads((tmp_path / "state.json").read_text())   # progress a rerun can resume from
     assert (a - x).abs().max() <= EPS + 1e-6 and a.min() >= 0 and a.max() <= 1
     assert not model.training
 

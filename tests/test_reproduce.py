@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rslad_kit import losses, report, reproduce, train
+from rslad_kit import report, reproduce, train
 from rslad_kit.losses import METHODS, Method, kl
 
 FIXTURE = Path(__file__).parent / "fixtures" / "paper_tables.txt"
