@@ -444,7 +444,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         found = re.search(r"GLOBAL ([\w.]+)|Unsupported operand \d+", str(err))
         detail = (found.group(1) or found.group(0)) if found else "see torch.load's weights_only"
         raise UserError(f"{path} carries code or pickled objects beyond tensors ({detail}) and is refused; "
-                        f"if you trust the file, load it once with torch.load(path, weights_only=False) and "
+                        f"if you trust the file, open it once with weights_only disabled and "
                         f"torch.save() just its state dict to a new file") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
