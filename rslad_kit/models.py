@@ -427,11 +427,13 @@ def _short(items: list[str], limit: int = 4) -> str:
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load weights into `model` (strictly) and return it.
+    """Load weights into `model` (strictly) and return it: `load_state(model, read_checkpoint(path), path)`."""
+    return load_state(model, read_checkpoint(path), path)
 
-    Reads with `weights_only=True`, so a file that needs code to unpickle is refused, never run. Accepts a
-    plain state dict or one under `state_dict` / `net` / `model`, with any `module.` / `model.` prefixes.
-    """
+
+def read_checkpoint(path: str | os.PathLike):
+    """The object saved in `path`, read with `weights_only=True`: a file that needs code to unpickle is
+    refused, never run. Missing, HTML, damaged or code-carrying files raise one-line UserErrors."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; check the path")
@@ -450,7 +452,15 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path} is damaged ({reason[:200]}); delete it and download or save it "
                         f"again") from err
+    return obj
 
+
+def load_state(model: nn.Module, obj, path: str | os.PathLike) -> nn.Module:
+    """Load a checkpoint object already read from `path` into `model` (strictly) and return it.
+
+    Accepts a plain state dict or one under `state_dict` / `net` / `model`, with any `module.` / `model.`
+    prefixes; a mismatch of keys or shapes raises a UserError that lists them.
+    """
     if isinstance(obj, dict):
         for key in ("state_dict", "net", "model"):
             if isinstance(obj.get(key), dict):

@@ -70,7 +70,7 @@ def _evals(plan: Plan) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
 
 
-def cell(plan: Plan, evals: dict, runs: list[str], checkpoint: str, attack: str) -> Cell:
+def cell(evals: dict, runs: list[str], checkpoint: str, attack: str) -> Cell:
     return Cell([evals[r][checkpoint][attack] for r in runs
                  if attack in evals.get(r, {}).get(checkpoint, {})])
 
@@ -87,10 +87,12 @@ class Table:
 
     def markdown(self) -> str:
         head = ["Model", "Row", "Source"] + [f"{ckpt}: {ATTACK_NAMES[a]}" for ckpt, a in self.columns]
-        lines = [f"# Table {self.number}: {self.title}", "", self.note, "" if self.note else None,
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = [f"# Table {self.number}: {self.title}", ""]
+        if self.note:
+            lines += [self.note, ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join([m, r, s, *cells]) + " |" for m, r, s, cells in self.rows]
-        return "\n".join(line for line in lines if line is not None) + "\n"
+        return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
         out = io.StringIO()
@@ -106,7 +108,7 @@ def _rows(plan, evals, paper, table, student, row, label, columns, paper_row=Non
     """Our row (mean +- sd over seeds) and, where the paper has it, the paper's row beneath."""
     runs = plan.rows.get((table, student, row), [])
     seeds_note = f"{len(runs)} seed" + ("s" if len(runs) != 1 else "")
-    cells = [cell(plan, evals, runs, ckpt, a) for ckpt, a in columns]
+    cells = [cell(evals, runs, ckpt, a) for ckpt, a in columns]
     # † marks numbers from fewer seeds than the row's (the slow attacks on the first seeds only).
     ours = [str(c) + (" †" if 0 < len(c.values) < len(runs) else "") for c in cells]
     dataset, model = paper_reference(plan, student)
@@ -133,7 +135,7 @@ def build_tables(plan: Plan) -> list[Table]:
                            ("surrogate", "surrogate (Table 5)")):
             if run in plan.evaluations:
                 rows.append((plan.runs[run].model if run in plan.runs else plan.teacher_spec, label, "ours",
-                             [str(cell(plan, evals, [run], c, a)) for c, a in cols]))
+                             [str(cell(evals, [run], c, a)) for c, a in cols]))
             if run == "teacher":
                 rows.append(("", "", f"paper ({teacher_model}, {dataset})",
                              [f"{paper[(2, dataset, teacher_model, 'teacher', c, a)]:.2f}" for c, a in cols]))
@@ -213,7 +215,7 @@ def rankings(plan: Plan) -> list[str]:
     table = 4 if plan.dataset == "cifar100" else 3
     student = plan.plan.students[0]
     for attack in ("pgd_trades", "autoattack"):
-        cells = {m: cell(plan, evals, plan.rows.get((table, student, m), []), "best", attack) for m in plan.methods}
+        cells = {m: cell(evals, plan.rows.get((table, student, m), []), "best", attack) for m in plan.methods}
         ranked = sorted(((c.mean, m, c) for m, c in cells.items() if c.mean is not None), reverse=True)
         if ranked:
             seeds = max(len(c.values) for _, _, c in ranked)
@@ -230,7 +232,7 @@ def claims(plan: Plan) -> list[str]:
     student = pc.students[0]
 
     def c(t: int, row: str, attack: str, ckpt: str = "best") -> Cell:
-        return cell(plan, evals, plan.rows.get((t, student, row), []), ckpt, attack)
+        return cell(evals, plan.rows.get((t, student, row), []), ckpt, attack)
 
     def claim(text: str, better: Cell, worse: Cell) -> None:
         if better.mean is None or worse.mean is None:
@@ -240,7 +242,7 @@ def claims(plan: Plan) -> list[str]:
         out.append(f"- {text}: {verdict(diff, p)} ({better} vs {worse}; difference {diff:+.2f}{pv})")
 
     if 2 in pc.tables and table in pc.tables:
-        teacher = cell(plan, evals, ["teacher"], "best", "pgd_trades")
+        teacher = cell(evals, ["teacher"], "best", "pgd_trades")
         sat = c(table, "sat", "pgd_trades")
         if teacher.mean is not None and sat.mean is not None:
             gap = teacher.mean - sat.mean

@@ -282,7 +282,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
 
 def _epoch(plan: Plan, run: str, ckpt: str) -> int | None:
     path = plan.out / "runs" / run / f"{ckpt}.pt"
-    return torch.load(path, map_location="cpu", weights_only=True)["epoch"] if path.is_file() else None
+    return train.checkpoint_info(path)["epoch"] if path.is_file() else None
 
 
 _SLOT = 0  # this worker process's line for its progress bar (set once per worker)

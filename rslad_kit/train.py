@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import platform
 import subprocess
 import time
@@ -186,22 +185,15 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
         path = path / "best.pt"
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; check the path (a run folder needs a best.pt)")
-    meta = _kit_meta(path)
+    checkpoint = models.read_checkpoint(path)   # read once: its metadata names the architecture
+    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if meta is not None:
         model = models.build(meta["config"]["model"], meta["num_classes"], in_channels=meta["in_channels"])
     elif arch is not None and num_classes is not None:
         model = models.build(arch, num_classes, in_channels=in_channels)
     else:
         raise UserError(f"{path} is a bare state dict; name its architecture (--teacher-model / --model)")
-    return models.load_checkpoint(model, path).eval()
-
-
-def _kit_meta(path: Path) -> dict | None:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
-        return None  # not a loadable kit checkpoint; load_checkpoint gives the precise error
-    return checkpoint.get("meta") if isinstance(checkpoint, dict) else None
+    return models.load_state(model, checkpoint, path).eval()
 
 
 def load_teacher(cfg: TrainConfig, ds: data_lib.Dataset, out: Path) -> nn.Module:
@@ -268,13 +260,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """A kit checkpoint's epoch and metadata, without reading its tensors (memory-mapped)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {"epoch": checkpoint["epoch"], "meta": checkpoint["meta"]}
+
+
 def is_finished(out: str | Path) -> bool:
     """Whether `out` holds a run that trained all its epochs."""
     path = Path(out) / "last.pt"
     if not path.is_file():
         return False
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return checkpoint["epoch"] >= checkpoint["meta"]["config"]["epochs"]
+    info = checkpoint_info(path)
+    return info["epoch"] >= info["meta"]["config"]["epochs"]
 
 
 # --- the loop ----------------------------------------------------------------------------------------
