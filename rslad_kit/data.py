@@ -136,7 +136,7 @@ def _digits(root: Path, *, val_size: int | None, image_size: int | None, downloa
         train=split(train),
         val=split(val),
         test=split(test),
-        crop_padding=1,  # one pixel is 1/8 of the image; more crops strokes away
+        crop_padding=max(1, image_size // 8),  # 1/8 of the image (1 px at 8x8); more crops strokes away
         flip=False,  # a mirrored 2 or 7 is no longer a 2 or 7
     )
 

@@ -372,6 +372,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn-34-10": partial(WideResNet, depth=34, widen_factor=10),
     "wrn-34-20": partial(WideResNet, depth=34, widen_factor=20),
     "wrn-70-16": partial(DMWideResNet, depth=70, width=16),
+    "cnn-w2": partial(SmallCNN, 2),
     "cnn-w4": partial(SmallCNN, 4),
     "cnn-w8": partial(SmallCNN, 8),
     "cnn-w16": partial(SmallCNN, 16),

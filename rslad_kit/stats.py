@@ -1,0 +1,69 @@
+"""Paired comparisons of two methods over seeds: the difference, its 95% interval, and power.
+
+Runs that share a seed share their initialisation and data order, so the honest comparison of two
+methods is the per-seed difference, not two independent means. Used by the summary of `reproduce`
+and by the classroom regime study (benchmarks/regime_study.py).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Mapping
+
+from scipy import stats as _scipy_stats
+
+Z_POWER = 1.959964 + 0.841621  # two-sided 5% test with 80% power (normal approximation)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """`a - b` over the seeds both have."""
+
+    n: int                        # seeds with both values
+    mean: float | None            # mean difference (None without any shared seed)
+    low: float | None             # 95% t-interval of the mean difference (None with fewer than 2 seeds)
+    high: float | None
+    p: float | None               # two-sided paired t-test (None with fewer than 2 seeds)
+    sd: float | None              # standard deviation of the per-seed differences
+    missing: tuple[int, ...] = ()  # seeds present in only one of the two
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low is not None and (self.low > 0 or self.high < 0)
+
+    def seeds_needed(self) -> int | None:
+        """Seeds a paired test needs to detect a difference of this size (5% level, 80% power).
+
+        None when there is nothing to size (no difference, or no spread to size it from)."""
+        if self.mean is None or self.sd is None or self.mean == 0:
+            return None
+        if self.sd == 0:
+            return 2
+        return max(2, math.ceil((Z_POWER * self.sd / self.mean) ** 2))
+
+    def __str__(self) -> str:
+        if self.mean is None:
+            return "no shared seed"
+        if self.low is None:
+            return f"{self.mean:+.2f} (one seed, no interval)"
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] over {self.n} seeds"
+
+
+def paired(a: Mapping[int, float], b: Mapping[int, float]) -> Paired:
+    """Compare `a` and `b`, each a mapping seed -> value, on the seeds they share."""
+    shared = sorted(set(a) & set(b))
+    missing = tuple(sorted(set(a) ^ set(b)))
+    diffs = [a[s] - b[s] for s in shared]
+    if not diffs:
+        return Paired(0, None, None, None, None, None, missing)
+    mean = statistics.fmean(diffs)
+    if len(diffs) == 1:
+        return Paired(1, mean, None, None, None, None, missing)
+    sd = statistics.stdev(diffs)
+    if sd == 0:   # every seed gives the same difference: the interval is that point
+        return Paired(len(diffs), mean, mean, mean, 1.0 if mean == 0 else 0.0, 0.0, missing)
+    half = _scipy_stats.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    p = 2 * _scipy_stats.t.sf(abs(mean) / (sd / math.sqrt(len(diffs))), len(diffs) - 1)
+    return Paired(len(diffs), mean, mean - half, mean + half, float(p), sd, missing)
