@@ -1,9 +1,10 @@
 """The paper's Tables 2-7 from a finished plan, each measured row beside the paper's number.
 
 Writes `results/<preset>/table<N>.md` and `.csv` and `summary.md`. Numbers are the mean +- standard
-deviation over seeds; the summary says, for each of the paper's claims, whether our numbers agree and
-whether the difference exceeds the seed-to-seed noise (Welch's t-test, p < 0.05; with one seed only
-the sign can be read).
+deviation over seeds. The summary checks each of the paper's claims on our numbers, paired by seed
+(runs with one seed share their initialisation and data order): the mean difference, its 95% interval,
+the number of seeds it rests on, and how many seeds a difference of that size would need to be
+detected (`rslad_kit.stats`). With one seed only the sign can be read, and the wording says so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from rslad_kit.reproduce import BLACK_BOX, SOFT_LABEL_ATTACKS, WHITE_BOX, Plan
+from rslad_kit.stats import Paired, paired
 from rslad_kit.train import write_text
 
 ATTACK_NAMES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES", "cw": "CW∞",
@@ -49,7 +51,11 @@ def paper_reference(plan: Plan, student: str) -> tuple[str, str]:
 
 @dataclass
 class Cell:
-    values: list[float]
+    by_seed: dict[int, float]   # seed -> accuracy
+
+    @property
+    def values(self) -> list[float]:
+        return list(self.by_seed.values())
 
     @property
     def mean(self) -> float | None:
@@ -70,9 +76,10 @@ def _evals(plan: Plan) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
 
 
-def cell(evals: dict, runs: list[str], checkpoint: str, attack: str) -> Cell:
-    return Cell([evals[r][checkpoint][attack] for r in runs
-                 if attack in evals.get(r, {}).get(checkpoint, {})])
+def cell(plan: Plan, evals: dict, runs: list[str], checkpoint: str, attack: str) -> Cell:
+    """The accuracies of `runs` (one per seed) at `checkpoint` under `attack`, where evaluated."""
+    return Cell({plan.runs[r].seed if r in plan.runs else 0: evals[r][checkpoint][attack] for r in runs
+                 if attack in evals.get(r, {}).get(checkpoint, {})})
 
 
 # --- tables ----------------------------------------------------------------------------------------
@@ -108,7 +115,7 @@ def _rows(plan, evals, paper, table, student, row, label, columns, paper_row=Non
     """Our row (mean +- sd over seeds) and, where the paper has it, the paper's row beneath."""
     runs = plan.rows.get((table, student, row), [])
     seeds_note = f"{len(runs)} seed" + ("s" if len(runs) != 1 else "")
-    cells = [cell(evals, runs, ckpt, a) for ckpt, a in columns]
+    cells = [cell(plan, evals, runs, ckpt, a) for ckpt, a in columns]
     # † marks numbers from fewer seeds than the row's (the slow attacks on the first seeds only).
     ours = [str(c) + (" †" if 0 < len(c.values) < len(runs) else "") for c in cells]
     dataset, model = paper_reference(plan, student)
@@ -135,7 +142,7 @@ def build_tables(plan: Plan) -> list[Table]:
                            ("surrogate", "surrogate (Table 5)")):
             if run in plan.evaluations:
                 rows.append((plan.runs[run].model if run in plan.runs else plan.teacher_spec, label, "ours",
-                             [str(cell(evals, [run], c, a)) for c, a in cols]))
+                             [str(cell(plan, evals, [run], c, a)) for c, a in cols]))
             if run == "teacher":
                 rows.append(("", "", f"paper ({teacher_model}, {dataset})",
                              [f"{paper[(2, dataset, teacher_model, 'teacher', c, a)]:.2f}" for c, a in cols]))
@@ -183,30 +190,26 @@ def build_tables(plan: Plan) -> list[Table]:
 
 # --- summary ---------------------------------------------------------------------------------------
 
-def compare(a: Cell, b: Cell) -> tuple[float, float | None]:
-    """Mean difference a - b and Welch's p-value (None with fewer than two seeds each)."""
-    diff = a.mean - b.mean
-    if len(a.values) < 2 or len(b.values) < 2:
-        return diff, None
-    if a.sd == 0 and b.sd == 0:
-        return diff, 0.0 if diff else 1.0
-    import warnings
-
-    from scipy.stats import ttest_ind
-
-    with warnings.catch_warnings():   # nearly identical seeds: scipy warns, the p-value is still usable
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return diff, float(ttest_ind(a.values, b.values, equal_var=False).pvalue)
-
-
-def verdict(diff: float, p: float | None) -> str:
-    if diff == 0:
+def verdict(d: Paired) -> str:
+    """A claim's verdict in words, from the paired difference better - worse."""
+    if d.mean == 0 and (d.sd in (None, 0)):
         return "tie"
-    if p is None:
-        return "holds (one run)" if diff > 0 else "does not hold (one run)"
-    if p < 0.05:
-        return "holds" if diff > 0 else "does not hold (reversed beyond noise)"
-    return "within noise (same direction)" if diff > 0 else "within noise (reversed)"
+    if d.low is None:
+        return "holds on one seed only" if d.mean > 0 else "reversed on one seed only"
+    if d.excludes_zero:
+        return "holds" if d.mean > 0 else "reversed beyond the seed noise"
+    return "not shown: within the seed noise" + (" (same direction)" if d.mean > 0 else " (reversed)")
+
+
+def describe(d: Paired) -> str:
+    """The difference, its interval, its seeds, and the seeds a difference of this size needs."""
+    text = f"difference {d}"
+    if d.missing:
+        text += f"; seeds {', '.join(map(str, d.missing))} missing on one side"
+    needed = d.seeds_needed()
+    if needed is not None and d.low is not None and not d.excludes_zero:
+        text += f"; a difference of this size needs about {needed} seeds to be detected"
+    return text
 
 
 def rankings(plan: Plan) -> list[str]:
@@ -215,7 +218,7 @@ def rankings(plan: Plan) -> list[str]:
     table = 4 if plan.dataset == "cifar100" else 3
     student = plan.plan.students[0]
     for attack in ("pgd_trades", "autoattack"):
-        cells = {m: cell(evals, plan.rows.get((table, student, m), []), "best", attack) for m in plan.methods}
+        cells = {m: cell(plan, evals, plan.rows.get((table, student, m), []), "best", attack) for m in plan.methods}
         ranked = sorted(((c.mean, m, c) for m, c in cells.items() if c.mean is not None), reverse=True)
         if ranked:
             seeds = max(len(c.values) for _, _, c in ranked)
@@ -232,17 +235,18 @@ def claims(plan: Plan) -> list[str]:
     student = pc.students[0]
 
     def c(t: int, row: str, attack: str, ckpt: str = "best") -> Cell:
-        return cell(evals, plan.rows.get((t, student, row), []), ckpt, attack)
+        return cell(plan, evals, plan.rows.get((t, student, row), []), ckpt, attack)
 
     def claim(text: str, better: Cell, worse: Cell) -> None:
         if better.mean is None or worse.mean is None:
             return
-        diff, p = compare(better, worse)
-        pv = "" if p is None else f", p = {p:.3f}"
-        out.append(f"- {text}: {verdict(diff, p)} ({better} vs {worse}; difference {diff:+.2f}{pv})")
+        d = paired(better.by_seed, worse.by_seed)
+        if d.n == 0:
+            return
+        out.append(f"- {text}: {verdict(d)} ({better} vs {worse}; {describe(d)})")
 
     if 2 in pc.tables and table in pc.tables:
-        teacher = cell(evals, ["teacher"], "best", "pgd_trades")
+        teacher = cell(plan, evals, ["teacher"], "best", "pgd_trades")
         sat = c(table, "sat", "pgd_trades")
         if teacher.mean is not None and sat.mean is not None:
             gap = teacher.mean - sat.mean
@@ -298,7 +302,11 @@ def write(plan: Plan, seconds: float | None = None) -> list[Path]:
              f"students {', '.join(plan.plan.students)}; teacher {plan.teacher_spec}.",
              f"Wall-clock time of this invocation: {seconds / 60:.1f} min." if seconds is not None else "",
              "", f"## Students ranked (best checkpoints, {student_label(plan)})", "", *rankings(plan), "",
-             "## The paper's claims on these numbers", "", *claims(plan), ""]
+             "## The paper's claims on these numbers", "",
+             "Each claim compares two methods paired by seed (the same seed gives both the same initialisation "
+             "and data order): the mean difference in points, its 95% interval, and the seeds it rests on. "
+             "'holds' needs an interval that excludes 0; with one seed only the sign can be read.", "",
+             *claims(plan), ""]
     pc = plan.plan
     budget = []
     if pc.slow_attack_seeds is not None and len(plan.seeds) > pc.slow_attack_seeds:

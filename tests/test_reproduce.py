@@ -57,7 +57,8 @@ def test_smoke_plan_writes_every_table(smoke):
         assert (folder / f"table{number}.md").is_file() and (folder / f"table{number}.csv").is_file()
     assert not (folder / "table4.md").exists()
     summary = (folder / "summary.md").read_text()
-    assert "RSLAD beats SAT (PGD_TRADES, best checkpoint)" in summary
+    claim = next(line for line in summary.splitlines() if "RSLAD beats SAT (PGD_TRADES, best checkpoint)" in line)
+    assert "over 2 seeds" in claim   # paired over the smoke preset's two seeds, with its interval
     assert "Table 4 is not part of this preset" in summary
 
 

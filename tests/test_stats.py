@@ -1,0 +1,62 @@
+"""Paired comparisons over seeds (rslad_kit.stats) and the summary's wording built on them."""
+
+import math
+
+import pytest
+from scipy import stats as scipy_stats
+
+from rslad_kit.report import verdict
+from rslad_kit.stats import paired
+
+A = {0: 45.0, 1: 47.5, 2: 41.0, 3: 50.0, 4: 44.0, 5: 46.0}
+B = {0: 43.0, 1: 44.0, 2: 41.5, 3: 46.0, 4: 43.5, 5: 42.0}
+
+
+def test_paired_difference_matches_the_paired_t_test():
+    d = paired(A, B)
+    diffs = [A[s] - B[s] for s in A]
+    t = scipy_stats.ttest_rel(list(A.values()), list(B.values()))
+    ci = t.confidence_interval(0.95)
+    assert d.n == 6 and d.mean == pytest.approx(sum(diffs) / 6)
+    assert d.p == pytest.approx(t.pvalue) and (d.low, d.high) == pytest.approx((ci.low, ci.high))
+    assert d.excludes_zero and verdict(d) == "holds"
+
+
+def test_pairing_removes_the_shared_seed_noise():
+    # A constant +1 on top of large seed-to-seed swings: unpaired, lost in the noise; paired, exact.
+    b = {s: 30.0 + 10 * (s % 3) for s in range(6)}
+    a = {s: v + 1.0 for s, v in b.items()}
+    assert scipy_stats.ttest_ind(list(a.values()), list(b.values())).pvalue > 0.5
+    d = paired(a, b)
+    assert (d.mean, d.low, d.high, d.p) == (1.0, 1.0, 1.0, 0.0) and verdict(d) == "holds"
+
+
+def test_identical_runs_are_a_tie_with_a_zero_interval():
+    d = paired(A, dict(A))
+    assert (d.mean, d.low, d.high, d.p, d.sd) == (0.0, 0.0, 0.0, 1.0, 0.0)
+    assert not d.excludes_zero and verdict(d) == "tie" and d.seeds_needed() is None
+
+
+def test_one_seed_gives_a_sign_and_no_interval():
+    d = paired({3: 50.0}, {3: 48.0})
+    assert d.n == 1 and d.mean == 2.0 and d.low is None and d.p is None
+    assert verdict(d) == "holds on one seed only" and "one seed" in str(d)
+    assert verdict(paired({3: 47.0}, {3: 48.0})) == "reversed on one seed only"
+
+
+def test_a_missing_seed_is_left_out_and_named():
+    b = {s: v for s, v in B.items() if s != 4}
+    d = paired(A, b)
+    assert d.n == 5 and d.missing == (4,)
+    assert d.mean == pytest.approx(sum(A[s] - B[s] for s in b) / 5)
+    assert paired({0: 1.0}, {1: 2.0}).mean is None   # nothing shared
+
+
+def test_seeds_needed_grows_as_the_difference_shrinks():
+    wide = paired({0: 3.0, 1: -1.0, 2: 2.5, 3: 0.0}, {s: 0.0 for s in range(4)})
+    assert not wide.excludes_zero
+    n = wide.seeds_needed()
+    assert n == math.ceil((2.801585 * wide.sd / wide.mean) ** 2)
+    half = paired({s: v / 2 for s, v in {0: 3.0, 1: -1.0, 2: 2.5, 3: 0.0}.items()}, {s: 0.0 for s in range(4)})
+    assert half.seeds_needed() == n    # scale-free: the ratio of mean to spread decides
+    assert verdict(wide) == "not shown: within the seed noise (same direction)"
