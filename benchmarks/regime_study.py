@@ -193,9 +193,11 @@ def main() -> None:
     parser.add_argument("--confirm", choices=list(CELLS), help="the chosen cell, on the test split, fresh seeds")
     parser.add_argument("--report", action="store_true", help="print the tables from the cache and stop")
     parser.add_argument("--out", default="results/regime-study")
+    parser.add_argument("--seeds", type=int, default=len(STUDY_SEEDS),
+                        help="the first N study seeds (3 to explore a cell, 6 for a cell a decision rests on)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    cells, seeds, split = args.cells, STUDY_SEEDS, "val"
+    cells, seeds, split = args.cells, STUDY_SEEDS[:args.seeds], "val"
     if args.confirm:
         cells, seeds, split = [args.confirm], CONFIRM_SEEDS, "test"
     if not args.report:

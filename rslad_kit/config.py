@@ -96,7 +96,8 @@ class PlanConfig:
     tables: tuple[int, ...] = (2, 3, 5, 6, 7)
     # A CPU budget (None / both checkpoints: no cuts; `reproduce --full` lifts it). On a CPU,
     # AutoAttack and Square cost a fixed ~24 s and ~13 s a checkpoint whatever the model.
-    ablation_seeds: int | None = None     # the Table 6/7 variants on the first k seeds
+    ablation_seeds: int | None = None     # the Table 6 variants on the first k seeds
+    soft_label_seeds: int | None = None   # the Table 7 variants (SSL, NSL) on the first k seeds
     slow_attack_seeds: int | None = None  # AutoAttack and Square on the first k seeds ...
     slow_attack_checkpoints: tuple[str, ...] = ("best", "last")  # ... and these checkpoints
     autoattack: tuple[str, ...] | None = None  # None: the standard version; else these AA attacks only

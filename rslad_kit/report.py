@@ -314,7 +314,9 @@ def write(plan: Plan, seconds: float | None = None) -> list[Path]:
     if set(pc.slow_attack_checkpoints) != {"best", "last"}:
         budget.append(f"on the {' and '.join(pc.slow_attack_checkpoints)} checkpoints only (— elsewhere)")
     if pc.ablation_seeds is not None and len(plan.seeds) > pc.ablation_seeds:
-        budget.append(f"the Table 6/7 variants trained on the first {pc.ablation_seeds} seed(s)")
+        budget.append(f"the Table 6 variants trained on the first {pc.ablation_seeds} seed(s)")
+    if pc.soft_label_seeds is not None and len(plan.seeds) > pc.soft_label_seeds:
+        budget.append(f"the Table 7 variants trained on the first {pc.soft_label_seeds} seed(s)")
     if budget:
         lines += ["CPU budget of this preset: " + "; ".join(budget) + ". On a CPU, AutoAttack and Square cost a "
                   "fixed ~24 s and ~13 s per checkpoint whatever the model. Every other number uses every seed. "

@@ -146,7 +146,8 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     if tables:
         pc = replace(pc, tables=tuple(tables))
     if full:
-        pc = replace(pc, ablation_seeds=None, slow_attack_seeds=None, slow_attack_checkpoints=("best", "last"))
+        pc = replace(pc, ablation_seeds=None, soft_label_seeds=None, slow_attack_seeds=None,
+                     slow_attack_checkpoints=("best", "last"))
     base = preset(p, "rslad", **overrides)
     plan = Plan(preset=p, out=Path(out) / p, plan=pc, dataset=base.dataset, eps=base.attack.eps,
                 methods=tuple(methods or METHODS), seeds=tuple(range(seeds or pc.seeds)),
@@ -194,16 +195,16 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
                         add_row(5, student, m, seed, {"best": BLACK_BOX})
             if student != pc.students[0]:
                 continue   # the paper ablates its first student only
-            within_budget = seed < (pc.ablation_seeds or len(plan.seeds))
             if 6 in pc.tables:
                 extra = [m for m in plan.methods if m not in PAPER_METHODS]
                 for row in (*ABLATIONS, *extra):
-                    add_row(6, student, row, seed, {"best": WHITE_BOX}, new_runs=within_budget)
+                    add_row(6, student, row, seed, {"best": WHITE_BOX},
+                            new_runs=seed < (pc.ablation_seeds or len(plan.seeds)))
             if 7 in pc.tables:
                 for m in distilling:
                     for row in (f"{m}-ssl", f"{m}-nsl", m):
                         add_row(7, student, row, seed, {"best": SOFT_LABEL_ATTACKS, "last": SOFT_LABEL_ATTACKS},
-                                new_runs=within_budget)
+                                new_runs=seed < (pc.soft_label_seeds or len(plan.seeds)))
     return plan
 
 

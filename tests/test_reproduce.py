@@ -202,14 +202,16 @@ def test_table_6_uses_rslads_schedule_and_swaps_the_halves():
 
 def test_the_classroom_budget_and_full():
     plan = reproduce.build_plan("classroom")
+    s = plan.plan.students[0]
     slow = {(run, ckpt) for run, ckpts in plan.evaluations.items() for ckpt, attacks in ckpts.items()
             if "autoattack" in attacks or "square" in attacks}
-    assert ("cnn-w4-rslad-s0", "best") in slow and ("cnn-w4-rslad-s0", "last") not in slow
+    assert (f"{s}-rslad-s0", "best") in slow and (f"{s}-rslad-s0", "last") not in slow
     assert ("teacher", "best") in slow
     assert not any(run.endswith(("-s1", "-s2")) for run, _ in slow)
-    assert "cnn-w4-rslad-s2" in plan.runs and "cnn-w4-rslad-ssl-s1" not in plan.runs
-    assert all(plan.runs[r].attack.steps == 5 for r in plan.runs if r.startswith("cnn-w4"))
+    assert f"{s}-rslad-s2" in plan.runs and f"{s}-ard_min+rslad_max-s1" not in plan.runs  # Table 6: first seed
+    assert f"{s}-rslad-ssl-s2" in plan.runs and f"{s}-rslad-nsl-s2" in plan.runs        # Table 7: every seed
+    assert all(plan.runs[r].attack.steps == 5 for r in plan.runs if r.startswith(s))
 
     full = reproduce.build_plan("classroom", full=True)
-    assert "cnn-w4-rslad-ssl-s2" in full.runs
-    assert {"autoattack"} <= full.evaluations["cnn-w4-sat-s2"]["last"]
+    assert f"{s}-ard_min+rslad_max-s2" in full.runs
+    assert {"autoattack"} <= full.evaluations[f"{s}-sat-s2"]["last"]
