@@ -11,6 +11,7 @@ Taught in notebooks/02_attacks.ipynb.
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,11 @@ def check_eps(eps: float) -> None:
 def check_images(x: Tensor) -> None:
     lo, hi = torch.aminmax(x)   # one pass over x: this runs on every attack call
     lo, hi = lo.item(), hi.item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):   # NaN propagates into min/max; so does +-inf
+        raise UserError(f"inputs contain NaN or infinite values (min {lo}, max {hi}); check the data "
+                        "pipeline (e.g. a division by a zero std) and pass finite images in [0,1]")
+    if 2 < hi <= 255 and lo >= 0:
+        raise UserError(f"inputs look like 0-255 pixel values (max {hi:.3g}); divide by 255 so images lie in [0,1]")
     if lo < 0 or hi > 1:
         raise UserError(
             f"inputs must lie in [0,1] (got min {lo:.3g}, max {hi:.3g}); "

@@ -14,6 +14,7 @@ test set), with a fixed seed that does not depend on the training seed.
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -203,7 +204,11 @@ def _cifar(
         warnings.warn(msg, stacklevel=4)  # points at the caller of load()
 
     relaxed = _relaxed(cls)
-    train_set, test_set = relaxed(root, train=True), relaxed(root, train=False)
+    try:
+        train_set, test_set = relaxed(root, train=True), relaxed(root, train=False)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as e:   # a truncated or foreign batch file
+        damaged = ", ".join(differ) or "a batch file"
+        raise UserError(f"{folder}: cannot read {damaged} ({type(e).__name__}); delete the folder and {how}") from e
     n_train = len(train_set.targets)
     val_size = 1000 if val_size is None else val_size
     _check_val_size(val_size, n_train)
