@@ -52,13 +52,25 @@ def _print_row(row: dict, names: Sequence[str]) -> None:
 # --- commands ----------------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from rslad_kit import data, evaluate, models, train
+    from rslad_kit import attacks as atk
+    from rslad_kit import data, evaluate, models, runs, train
 
+    # --- cheap checks first (names, values, files), then data, downloads and models
     attacks = evaluate.check_attacks(a for a in args.attacks.split(",") if a)
+    atk.check_eps(args.eps)
+    data.check_name(args.dataset)
+    models.check_name(args.model)
+    for flag, value in (("--n", args.n), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}; pass a positive number")
+    checkpoint = models.read_checkpoint(args.checkpoint)
+    if args.json:
+        runs.check_writable(Path(args.json).parent)
+
     device = train.resolve_device(args.device)
     ds = data.load(args.dataset, args.data_root, download=not args.offline)
     model = models.build(args.model, ds.num_classes, in_channels=ds.in_channels)
-    model = models.load_checkpoint(model, args.checkpoint).to(device).eval()
+    model = models.load_state(model, checkpoint, args.checkpoint).to(device).eval()
     surrogate = None
     if args.surrogate:
         surrogate = train.load_model(args.surrogate, arch=args.surrogate_model, num_classes=ds.num_classes,
@@ -66,10 +78,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     row = evaluate.evaluate(model, ds.test.to(device), attacks, eps=args.eps, n=args.n,
                             batch_size=args.batch_size, surrogate=surrogate)
     _print_row(row, attacks)
-    row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset}
+    row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset,
+            "checkpoint_sha256": runs.sha256(args.checkpoint), "seed": 0,
+            "config": {k: v for k, v in vars(args).items() if k != "func"},
+            "data_sha256": runs.data_checksum(ds.test.take(args.n)), **runs.provenance(device)}
+    if args.surrogate:
+        surrogate_file = Path(args.surrogate)
+        row["surrogate_sha256"] = runs.sha256(surrogate_file / "best.pt" if surrogate_file.is_dir() else surrogate_file)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        train.write_text(Path(args.json), json.dumps(row, indent=2))
+        runs.write_text(Path(args.json), json.dumps(row, indent=2))
         print(f"wrote {args.json}")
 
 

@@ -251,6 +251,11 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
 def load(
     name: str,
     root: str | Path = "data",
@@ -265,8 +270,7 @@ def load(
     `image_size` upsamples digits (default 8, native); CIFAR accepts only None or 32. CIFAR is read
     from `root` and downloaded there if absent and `download` is true.
     """
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    check_name(name)
     root = Path(root).expanduser()
     return DATASETS[name](root, val_size=val_size, image_size=image_size, download=download)
 

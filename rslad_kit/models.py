@@ -383,11 +383,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def check_name(name: str) -> None:
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+
+
 def build(name: str, num_classes: int, in_channels: int = 3,
           mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> nn.Module:
     """A fresh model from `MODELS`; with mean/std, wrapped in `Normalized` so it still takes [0,1] input."""
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    check_name(name)
     model = MODELS[name](num_classes=num_classes, in_channels=in_channels)
     if mean is None and std is None:
         return model
