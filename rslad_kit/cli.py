@@ -110,7 +110,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from rslad_kit import reproduce
 
     reproduce.run(args.preset, out=args.out, dry_run=args.dry_run, seeds=args.seeds, full=args.full,
-                  data_root=args.data_root, device=args.device)
+                  data_root=args.data_root, device=args.device, allow_mixed=args.allow_mixed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--full", action="store_true",
                     help="lift the preset's CPU budget: every seed and checkpoint gets every attack")
     rp.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
+    rp.add_argument("--allow-mixed", action="store_true",
+                    help="add to a results folder built on other data or at another eps (refused otherwise)")
     rp.set_defaults(func=cmd_reproduce)
     return parser
 
