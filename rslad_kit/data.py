@@ -207,7 +207,7 @@ def _cifar(
     try:
         train_set, test_set = relaxed(root, train=True), relaxed(root, train=False)
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as e:   # a truncated or foreign batch file
-        damaged = ", ".join(differ) or "a batch file"
+        damaged = ", ".join(f for f in files if not _unpickles(folder / f)) or "a batch file"
         raise UserError(f"{folder}: cannot read {damaged} ({type(e).__name__}); delete the folder and {how}") from e
     n_train = len(train_set.targets)
     val_size = 1000 if val_size is None else val_size
@@ -224,6 +224,16 @@ def _cifar(
         crop_padding=4,  # RandomCrop(32, padding=4), as in RSLAD and most CIFAR robustness work
         flip=True,
     )
+
+
+def _unpickles(path: Path) -> bool:
+    """Whether a CIFAR batch file reads back (used only to name the damaged one)."""
+    try:
+        with open(path, "rb") as f:
+            pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError):
+        return False
+    return True
 
 
 def _to_split(ds: CIFAR10, idx: np.ndarray) -> Split:

@@ -422,7 +422,7 @@ def _not_a_checkpoint(path: Path) -> str | None:
         try:
             names = zipfile.ZipFile(path).namelist()
         except zipfile.BadZipFile:
-            return None   # a truncated checkpoint: torch.load says what is damaged
+            return "is truncated or damaged (its zip directory is unreadable; typically an interrupted download or save)"
         if not any(name.endswith("data.pkl") for name in names):
             return f"is a zip archive but not a torch.save checkpoint (it holds {_short(names, 3)})"
     if not (head.startswith(b"PK\x03\x04") or head.startswith(_LEGACY_MAGIC)):

@@ -292,7 +292,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         cached = {a: v for a, v in by_epoch.get(epoch, {}).items() if a in missing}
         todo = [a for a in missing if a not in cached]
         # AutoAttack keeps its progress in a state file, so an interrupted evaluation resumes.
-        state = plan.out / "evals" / f".{run}.{ckpt}.e{epoch}.autoattack-state.json"
+        state = plan.out / "evals" / f".{run}.{ckpt}.e{epoch}.autoattack-state.pt"
         state.parent.mkdir(parents=True, exist_ok=True)
         row = evaluate_lib.evaluate(model, test, todo, eps=plan.eps, surrogate=surrogate, autoattack_state=state,
                                     autoattack_only=plan.plan.autoattack,

@@ -133,33 +133,37 @@ def is_finished(out: str | Path) -> bool:
 
 @contextmanager
 def lock(folder: str | Path, what: str) -> Iterator[None]:
-    """Hold `folder/.lock` exclusively while this process writes in `folder`; `what` names the job.
+    """Hold `folder/.lock` while this process writes in `folder`; `what` names the job in the refusal.
 
-    An flock belongs to the open file: the OS drops it when the process exits, however it exits
-    (kill -9 included), so a stale lock file never blocks a rerun. The file itself stays; only
-    the lock on it matters. A folder the lock created and nothing else was written to is removed.
+    The lock is an flock on the file, which the OS drops when the process exits however it exits
+    (kill -9 included): a lock file left by a killed process never blocks a rerun. On a normal exit
+    the file is removed, and so is the folder if the lock created it and nothing else was written.
     """
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise UserError(f"{folder} is in use by another {what} ({holder}); wait for it to finish or stop "
-                        "it, then rerun") from None
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise UserError(f"{folder} is in use by another {what} ({holder}); wait for it to finish or stop "
+                            "it, then rerun") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+            break
+        f.close()   # the holder removed the file as we opened it: lock the new one
     try:
         f.truncate(0)
         f.write(f"pid {os.getpid()}")
         f.flush()
         yield
     finally:
+        path.unlink()   # while still locked, so no one locks the old file after we leave
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
-        if created and list(folder.iterdir()) == [path]:   # refused before writing: leave no trace
-            path.unlink()
+        if created and not any(folder.iterdir()):   # refused before writing: leave no trace
             folder.rmdir()
