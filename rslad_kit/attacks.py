@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rslad_kit import runs
 from rslad_kit.errors import UserError
 from rslad_kit.losses import kl
 
@@ -213,8 +214,6 @@ def _resumable(adversary, model: nn.Module, x: Tensor, y: Tensor, batch_size: in
     a resumed run would score them on clean images. Each sub-attack here runs on the points still
     robust, in order, with AutoAttack's fixed seed: the same batches and random draws as one call.
     """
-    from rslad_kit import runs   # a floor below: runs imports nothing of the kit's but errors
-
     attacks = list(adversary.attacks_to_run)
     state = {"done": [], "x_adv": x.detach().cpu().clone(), "x_sha256": runs.data_checksum(SimpleNamespace(x=x, y=y))}
     if state_path.is_file():

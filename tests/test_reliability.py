@@ -382,7 +382,8 @@ def test_a_full_disk_during_training_keeps_the_last_checkpoint_and_the_run_resum
     stderr = io.StringIO()
     with disk_full_during(3), contextlib.redirect_stderr(stderr):   # saves: best 1, last 1, best 2 ...
         assert cli.main(["--threads", "1", *args, "--out", str(tmp_path / "full")]) == 2
-    assert "the disk is full" in stderr.getvalue() and len(stderr.getvalue().strip().splitlines()) == 1
+    errors = [line for line in stderr.getvalue().splitlines() if "error" in line]   # beside progress bars
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "Traceback" not in stderr.getvalue()
     assert torch.load(tmp_path / "full" / "last.pt", weights_only=True)["epoch"] == 1
     assert not list((tmp_path / "full").glob(".*.tmp"))
     assert cli.main(["--threads", "1", *args, "--out", str(tmp_path / "full"), "--resume"]) == 0
@@ -391,26 +392,30 @@ def test_a_full_disk_during_training_keeps_the_last_checkpoint_and_the_run_resum
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300) -> None:
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], after: float = 0.0, timeout: float = 300) -> None:
+    """kill -9 `proc` `after` seconds past the moment `ready()` first holds."""
     deadline = time.time() + timeout
     while not ready():
         assert proc.poll() is None, "finished before it could be killed"
         assert time.time() < deadline, "never reached the point to kill at"
         time.sleep(0.05)
+    time.sleep(after)
+    assert proc.poll() is None, "finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
 PLAN = ("from rslad_kit import reproduce; reproduce.run('smoke', out={out!r}, tables=(3,), seeds=1, "
-        "methods=('natural', 'sat'), workers=2, progress=False)")
+        "methods=('sat',), workers=2, progress=False)")
 
 
 def scores(folder: Path) -> dict:
-    """Every evaluation's accuracies, without timings and provenance."""
+    """Every evaluation's accuracies, without timings, provenance and file sums (a checkpoint holds its
+    epochs' timings, so its bytes differ; the tests compare the weights themselves)."""
     out = {}
     for path in sorted((folder / "evals").glob("*.json")):
         done = json.loads(path.read_text())
-        out[path.name] = {ckpt: {k: v for k, v in entry.items() if k not in ("seconds", "warnings")}
+        out[path.name] = {ckpt: {k: v for k, v in entry.items() if k not in ("seconds", "warnings", "sha256")}
                           for ckpt, entry in done.items() if ckpt != "provenance"}
     return out
 
@@ -434,12 +439,13 @@ def test_kill_9_during_a_plan_with_two_workers_then_rerun_gives_the_same_results
         ready = lambda: any(folder.glob("runs/*/last.pt"))   # noqa: E731
     else:
         ready = lambda: (folder / "logs" / "eval-cnn-w4-sat-s0.log").is_file()   # noqa: E731
-    kill_when(proc, ready)
+    # evaluation: a second in, the checkpoint's AutoAttack (attacks run in name order) is under way
+    kill_when(proc, ready, after=0.0 if moment == "training" else 1.0)
     time.sleep(0.5)   # let the workers' death signals land
     assert not (folder / "table3.md").exists()
     subprocess.run([sys.executable, "-c", PLAN.format(out=str(tmp_path))], env=ENV, check=True, capture_output=True)
     assert scores(folder) == scores(straight_plan)
-    for run in ("teacher", "cnn-w4-natural-s0", "cnn-w4-sat-s0"):
+    for run in ("teacher", "cnn-w4-sat-s0"):
         a = torch.load(straight_plan / "runs" / run / "last.pt", weights_only=True)["model"]
         b = torch.load(folder / "runs" / run / "last.pt", weights_only=True)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), run
