@@ -245,8 +245,14 @@ def _checkpoint_file(plan: Plan, run: str, ckpt: str) -> Path:
     return plan.out / "runs" / run / f"{ckpt}.pt"
 
 
-def _check_unchanged(recorded: str | None, path: Path, where: Path) -> str:
-    """The file's SHA-256, after checking it against the one recorded in `where` (if any)."""
+def _check_unchanged(recorded: str | None, path: Path, where: Path) -> str | None:
+    """The file's SHA-256, after checking it against the one recorded in `where` (if any); None for a
+    zoo file not downloaded yet."""
+    if not path.is_file():
+        if recorded:
+            raise UserError(f"{path} is missing but {where} was computed from it; restore the file, or delete "
+                            f"{where} to redo that work")
+        return None
     current = runs.sha256(path)
     if recorded and recorded != current:
         raise UserError(f"{path} changed since {where} used it (sha256 {recorded[:12]}... then, {current[:12]}... "
@@ -303,7 +309,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         entry = done.setdefault(ckpt, {})
         entry.update(scores)
         entry["epoch"] = epoch
-        entry["sha256"] = sums[ckpt]
+        entry["sha256"] = sums[ckpt] or runs.sha256(_checkpoint_file(plan, run, ckpt))   # read above
         entry.setdefault("seconds", {}).update(row.get("seconds", {}))
         entry["warnings"] = sorted(set(entry.get("warnings", [])) | set(row.get("warnings", [])))
     done["provenance"] = runs.provenance(device) | {

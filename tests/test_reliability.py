@@ -195,10 +195,12 @@ def _run_task(tmp: Path):
     return reproduce.run_task(task, plan, progress=False)
 
 
-def _changed_checkpoint(tmp: Path) -> None:
-    """A teacher checkpoint evaluated earlier, then replaced by another file with the same name."""
+def _evaluated_checkpoint(tmp: Path, keep: bool = True) -> None:
+    """A teacher checkpoint evaluated earlier, then replaced by another file with the same name (or deleted)."""
     folder = tmp / "smoke"
     write_state_dict(folder / "runs" / "teacher" / "best.pt")
+    if not keep:
+        (folder / "runs" / "teacher" / "best.pt").unlink()
     (folder / "evals").mkdir(parents=True)
     (folder / "evals" / "teacher.json").write_text(json.dumps({"best": {"clean": 99.0, "sha256": "0" * 64}}))
 
@@ -297,7 +299,9 @@ CASES = [
     Case("reproduce-mixed", "reproduce into a folder built at another eps",
          argv="reproduce --preset smoke --out {tmp}/r", prepare=lambda tmp: results_for_other_eps(tmp / "r")),
     Case("reproduce-changed", "a checkpoint that changed after it was evaluated",
-         call=_run_task, prepare=_changed_checkpoint),
+         call=_run_task, prepare=_evaluated_checkpoint),
+    Case("reproduce-missing", "a checkpoint deleted after it was evaluated",
+         call=_run_task, prepare=lambda tmp: _evaluated_checkpoint(tmp, keep=False)),
 ]
 
 
@@ -489,6 +493,7 @@ def test_a_second_reproduce_on_the_same_folder_stops_and_a_killed_ones_lock_is_r
         pass
 
 
+@pytest.mark.slow
 def test_kill_9_during_autoattack_then_rerun_resumes_to_the_same_result(tmp_path):
     """AutoAttack keeps a state file between its attacks; a killed evaluation resumes from it."""
     script = f"""
