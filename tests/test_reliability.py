@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))   # write_fake_cifar, when run as a script
 from test_data import write_fake_cifar  # noqa: E402
 
-from rslad_kit import cli, config, data, evaluate, models, reproduce, runs, train  # noqa: E402
+from rslad_kit import cli, config, data, evaluate, models, reproduce, runs  # noqa: E402
 from rslad_kit.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
