@@ -11,15 +11,18 @@ Taught in notebooks/02_attacks.ipynb.
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rslad_kit import runs
 from rslad_kit.errors import UserError
 from rslad_kit.losses import kl
 
@@ -59,6 +62,12 @@ def check_eps(eps: float) -> None:
 def check_images(x: Tensor) -> None:
     lo, hi = torch.aminmax(x)   # one pass over x: this runs on every attack call
     lo, hi = lo.item(), hi.item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):   # NaN propagates into min/max; so does +-inf
+        bad = (~torch.isfinite(x)).sum().item()
+        raise UserError(f"inputs contain {bad} NaN or infinite values; check the data pipeline (e.g. a division "
+                        "by a zero std) and pass finite images in [0,1]")
+    if 2 < hi <= 255 and lo >= 0:
+        raise UserError(f"inputs look like 0-255 pixel values (max {hi:.3g}); divide by 255 so images lie in [0,1]")
     if lo < 0 or hi > 1:
         raise UserError(
             f"inputs must lie in [0,1] (got min {lo:.3g}, max {hi:.3g}); "
@@ -189,10 +198,41 @@ def _run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, see
     try:
         adversary = AutoAttack(model, norm="Linf", eps=eps, seed=seed, device=x.device, **version)
         adversary.square.n_queries = square_queries
-        x_adv, _predicted = adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
+        if state_path is None:
+            x_adv, _predicted = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        else:
+            x_adv = _resumable(adversary, model, x, y, batch_size, Path(state_path))
     finally:
         model.train(was_training)
     return x_adv.detach()
+
+
+def _resumable(adversary, model: nn.Module, x: Tensor, y: Tensor, batch_size: int, state_path: Path) -> Tensor:
+    """AutoAttack one sub-attack at a time, saving the adversarial images after each.
+
+    pyautoattack's own state file keeps which points are broken but not their adversarial images, so
+    a resumed run would score them on clean images. Each sub-attack here runs on the points still
+    robust, in order, with AutoAttack's fixed seed: the same batches and random draws as one call.
+    """
+    attacks = list(adversary.attacks_to_run)
+    state = {"done": [], "x_adv": x.detach().cpu().clone(), "x_sha256": runs.data_checksum(SimpleNamespace(x=x, y=y))}
+    if state_path.is_file():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        if saved.get("x_sha256") == state["x_sha256"] and set(saved["done"]) <= set(attacks):
+            state = saved   # else: the file belongs to other images; start over
+    x_adv = state["x_adv"].to(x.device)
+    for attack in attacks:
+        if attack in state["done"]:
+            continue
+        with torch.no_grad():
+            robust = (torch.cat([model(b).argmax(1) for b in x_adv.split(batch_size)]) == y).nonzero().flatten()
+        if len(robust):
+            adversary.attacks_to_run = [attack]
+            x_adv[robust], _predicted = adversary.run_standard_evaluation(x[robust], y[robust], batch_size=batch_size)
+        state = {**state, "done": state["done"] + [attack], "x_adv": x_adv.detach().cpu()}
+        runs.save(state, state_path)
+    adversary.attacks_to_run = attacks
+    return x_adv
 
 
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, seed: int = 0, batch_size: int = 500,

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,13 +53,25 @@ def _print_row(row: dict, names: Sequence[str]) -> None:
 # --- commands ----------------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from rslad_kit import data, evaluate, models, train
+    from rslad_kit import attacks as atk
+    from rslad_kit import data, evaluate, models, runs, train
 
+    # --- cheap checks first (names, values, files), then data, downloads and models
     attacks = evaluate.check_attacks(a for a in args.attacks.split(",") if a)
+    atk.check_eps(args.eps)
+    data.check_name(args.dataset)
+    models.check_name(args.model)
+    for flag, value in (("--n", args.n), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}; pass a positive number")
+    checkpoint = models.read_checkpoint(args.checkpoint)
+    if args.json:
+        runs.check_writable(Path(args.json).parent)
+
     device = train.resolve_device(args.device)
     ds = data.load(args.dataset, args.data_root, download=not args.offline)
     model = models.build(args.model, ds.num_classes, in_channels=ds.in_channels)
-    model = models.load_checkpoint(model, args.checkpoint).to(device).eval()
+    model = models.load_state(model, checkpoint, args.checkpoint).to(device).eval()
     surrogate = None
     if args.surrogate:
         surrogate = train.load_model(args.surrogate, arch=args.surrogate_model, num_classes=ds.num_classes,
@@ -66,10 +79,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     row = evaluate.evaluate(model, ds.test.to(device), attacks, eps=args.eps, n=args.n,
                             batch_size=args.batch_size, surrogate=surrogate)
     _print_row(row, attacks)
-    row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset}
+    row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset,
+            "checkpoint_sha256": runs.sha256(args.checkpoint), "seed": 0,
+            "config": {k: v for k, v in vars(args).items() if k != "func"},
+            "data_sha256": runs.data_checksum(ds.test.take(args.n)), **runs.provenance(device)}
+    if args.surrogate:
+        surrogate_file = Path(args.surrogate)
+        row["surrogate_sha256"] = runs.sha256(surrogate_file / "best.pt" if surrogate_file.is_dir() else surrogate_file)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        train.write_text(Path(args.json), json.dumps(row, indent=2))
+        runs.write_text(Path(args.json), json.dumps(row, indent=2))
         print(f"wrote {args.json}")
 
 
@@ -92,7 +111,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from rslad_kit import reproduce
 
     reproduce.run(args.preset, out=args.out, dry_run=args.dry_run, seeds=args.seeds, full=args.full,
-                  data_root=args.data_root, device=args.device)
+                  data_root=args.data_root, device=args.device, allow_mixed=args.allow_mixed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,12 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--full", action="store_true",
                     help="lift the preset's CPU budget: every seed and checkpoint gets every attack")
     rp.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
+    rp.add_argument("--allow-mixed", action="store_true",
+                    help="add to a results folder built on other data or at another eps (refused otherwise)")
     rp.set_defaults(func=cmd_reproduce)
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"rslad-kit: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning   # a warning is one line too, without source excerpts
     try:
         import torch
 

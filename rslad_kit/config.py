@@ -7,6 +7,9 @@ official code (reference: official_semantics.md); `asdict(cfg)` is saved with ev
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -216,8 +219,50 @@ def override(cfg: TrainConfig, **changes: Any) -> TrainConfig:
     unknown = sorted(set(changes) - fields)
     if unknown:
         raise UserError(f"unknown config field {unknown[0]!r}; known fields: {', '.join(sorted(fields))}")
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}   # JSON lists
+    attack = changes.get("attack")
+    for name, value in changes.items():
+        if not isinstance(attack, Mapping) or name != "attack":
+            _check_type(TrainConfig, name, value, getattr(cfg, name))
+    if isinstance(attack, Mapping):
+        attack_fields = {f.name for f in dataclasses.fields(AttackConfig)}
+        unknown = sorted(set(attack) - attack_fields)
+        if unknown:
+            raise UserError(f"unknown attack field {unknown[0]!r}; known: {', '.join(sorted(attack_fields))}")
+        for name, value in attack.items():
+            _check_type(AttackConfig, name, value, getattr(cfg.attack, name), prefix="attack.")
     if "loss_params" in changes:
         changes["loss_params"] = {**cfg.loss_params, **changes["loss_params"]}
-    if isinstance(changes.get("attack"), Mapping):
-        changes["attack"] = replace(cfg.attack, **changes["attack"])
+    if isinstance(attack, Mapping):
+        changes["attack"] = replace(cfg.attack, **attack)
     return replace(cfg, **changes)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` has the type the dataclass field declares (ints are accepted as floats)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if typing.get_origin(hint) is not None:   # Mapping[str, float]
+        return isinstance(value, typing.get_origin(hint))
+    return isinstance(value, hint)
+
+
+def _check_type(owner: type, name: str, value: Any, current: Any, prefix: str = "") -> None:
+    """A one-line error for `--set epochs=ten`, before the value reaches arithmetic far away."""
+    hint = typing.get_type_hints(owner)[name]
+    if not _fits(value, hint):
+        example = json.dumps(to_dict(current) if isinstance(current, TrainConfig) else
+                             dataclasses.asdict(current) if dataclasses.is_dataclass(current) else
+                             dict(current) if isinstance(current, Mapping) else current)
+        raise UserError(f"{prefix}{name}={value!r} is not of type {_type_name(hint)}; pass e.g. "
+                        f"--set {prefix}{name}={example}")
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")

@@ -14,6 +14,7 @@ test set), with a fixed seed that does not depend on the training seed.
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -203,7 +204,11 @@ def _cifar(
         warnings.warn(msg, stacklevel=4)  # points at the caller of load()
 
     relaxed = _relaxed(cls)
-    train_set, test_set = relaxed(root, train=True), relaxed(root, train=False)
+    try:
+        train_set, test_set = relaxed(root, train=True), relaxed(root, train=False)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as e:   # a truncated or foreign batch file
+        damaged = ", ".join(f for f in files if not _unpickles(folder / f)) or "a batch file"
+        raise UserError(f"{folder}: cannot read {damaged} ({type(e).__name__}); delete the folder and {how}") from e
     n_train = len(train_set.targets)
     val_size = 1000 if val_size is None else val_size
     _check_val_size(val_size, n_train)
@@ -219,6 +224,16 @@ def _cifar(
         crop_padding=4,  # RandomCrop(32, padding=4), as in RSLAD and most CIFAR robustness work
         flip=True,
     )
+
+
+def _unpickles(path: Path) -> bool:
+    """Whether a CIFAR batch file reads back (used only to name the damaged one)."""
+    try:
+        with open(path, "rb") as f:
+            pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError):
+        return False
+    return True
 
 
 def _to_split(ds: CIFAR10, idx: np.ndarray) -> Split:
@@ -246,6 +261,11 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
 def load(
     name: str,
     root: str | Path = "data",
@@ -260,8 +280,7 @@ def load(
     `image_size` upsamples digits (default 8, native); CIFAR accepts only None or 32. CIFAR is read
     from `root` and downloaded there if absent and `download` is true.
     """
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    check_name(name)
     root = Path(root).expanduser()
     return DATASETS[name](root, val_size=val_size, image_size=image_size, download=download)
 

@@ -29,6 +29,7 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -382,11 +383,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def check_name(name: str) -> None:
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+
+
 def build(name: str, num_classes: int, in_channels: int = 3,
           mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> nn.Module:
     """A fresh model from `MODELS`; with mean/std, wrapped in `Normalized` so it still takes [0,1] input."""
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    check_name(name)
     model = MODELS[name](num_classes=num_classes, in_channels=in_channels)
     if mean is None and std is None:
         return model
@@ -406,8 +411,20 @@ def _not_a_checkpoint(path: Path) -> str | None:
     """Why the file cannot be a torch.save file, judged from its first bytes; None if it may be one."""
     with open(path, "rb") as f:
         head = f.read(512)
+    if not head:
+        return "is empty (an interrupted download or save)"
     if re.match(rb"\s*<(!doctype html|html|head|body)", head, re.IGNORECASE):
         return "is an HTML page, not a checkpoint (typically a failed Google Drive download)"
+    if head[8:10] == b'{"':   # safetensors: an 8-byte header length, then a JSON header
+        return ("is a safetensors file, not a torch.save checkpoint; read it with safetensors.torch.load_file "
+                "and torch.save() the state dict")
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except zipfile.BadZipFile:
+            return "is truncated or damaged (its zip directory is unreadable; typically an interrupted download or save)"
+        if not any(name.endswith("data.pkl") for name in names):
+            return f"is a zip archive but not a torch.save checkpoint (it holds {_short(names, 3)})"
     if not (head.startswith(b"PK\x03\x04") or head.startswith(_LEGACY_MAGIC)):
         return "is not a PyTorch checkpoint (neither torch.save's zip nor its legacy format)"
     return None

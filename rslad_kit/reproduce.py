@@ -12,13 +12,21 @@ a row is a method, a Table 6 variant or a Table 7 soft-label variant.
 
 from __future__ import annotations
 
+import ctypes
+import faulthandler
 import functools
 import json
 import math
 import multiprocessing
+import os
+import signal
 import statistics
+import sys
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +36,8 @@ from tqdm.auto import tqdm
 
 from rslad_kit import data as data_lib
 from rslad_kit import evaluate as evaluate_lib
-from rslad_kit import models, train
-from rslad_kit.config import PRESETS, PlanConfig, TrainConfig, override, preset
+from rslad_kit import models, runs, train
+from rslad_kit.config import PRESETS, PlanConfig, TrainConfig, override, preset, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS
 
@@ -229,7 +237,29 @@ def _dataset(name: str, root: str, val_size: int | None, image_size: int | None)
 def _load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
     if run == "teacher" and run not in plan.runs:   # a zoo teacher, read from its file
         return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir).to(device)
-    return train.load_model(plan.out / "runs" / run / f"{ckpt}.pt").to(device)
+    return train.load_model(_checkpoint_file(plan, run, ckpt)).to(device)
+
+
+def _checkpoint_file(plan: Plan, run: str, ckpt: str) -> Path:
+    if run == "teacher" and run not in plan.runs:
+        return train.teacher_path(plan.base, plan.out)
+    return plan.out / "runs" / run / f"{ckpt}.pt"
+
+
+def _check_unchanged(recorded: str | None, path: Path, where: Path) -> str | None:
+    """The file's SHA-256, after checking it against the one recorded in `where` (if any); None for a
+    zoo file not downloaded yet."""
+    if not path.is_file():
+        if recorded:
+            raise UserError(f"{path} is missing but {where} was computed from it; restore the file, or delete "
+                            f"{where} to redo that work")
+        return None
+    current = runs.sha256(path)
+    if recorded and recorded != current:
+        raise UserError(f"{path} changed since {where} used it (sha256 {recorded[:12]}... then, {current[:12]}... "
+                        f"now), so its results are not mixed into the tables; delete {where} to redo that work "
+                        "with the new file, or restore the old file")
+    return current
 
 
 def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -> None:
@@ -238,6 +268,9 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
     if task.kind == "train":
         out = plan.out / "runs" / task.name
         if train.is_finished(out):
+            recorded = train.checkpoint_info(out / "last.pt")["meta"].get("teacher_sha256")
+            if recorded:   # a finished student still matches its teacher's file
+                _check_unchanged(recorded, train.teacher_path(task.cfg, out), out / "last.pt")
             return
         cfg = task.cfg
         ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
@@ -247,6 +280,8 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
     run = task.name.removeprefix("eval:")
     path = plan.out / "evals" / f"{run}.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
+    sums = {ckpt: _check_unchanged(done.get(ckpt, {}).get("sha256"), _checkpoint_file(plan, run, ckpt), path)
+            for ckpt in task.checkpoints}
     if all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items()):
         return
     cfg = plan.runs.get(run) or plan.base
@@ -264,7 +299,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         cached = {a: v for a, v in by_epoch.get(epoch, {}).items() if a in missing}
         todo = [a for a in missing if a not in cached]
         # AutoAttack keeps its progress in a state file, so an interrupted evaluation resumes.
-        state = plan.out / "evals" / f".{run}.{ckpt}.e{epoch}.autoattack-state.json"
+        state = plan.out / "evals" / f".{run}.{ckpt}.e{epoch}.autoattack-state.pt"
         state.parent.mkdir(parents=True, exist_ok=True)
         row = evaluate_lib.evaluate(model, test, todo, eps=plan.eps, surrogate=surrogate, autoattack_state=state,
                                     autoattack_only=plan.plan.autoattack,
@@ -275,10 +310,13 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         entry = done.setdefault(ckpt, {})
         entry.update(scores)
         entry["epoch"] = epoch
+        entry["sha256"] = sums[ckpt] or runs.sha256(_checkpoint_file(plan, run, ckpt))   # read above
         entry.setdefault("seconds", {}).update(row.get("seconds", {}))
         entry["warnings"] = sorted(set(entry.get("warnings", [])) | set(row.get("warnings", [])))
-    done["provenance"] = train.provenance(device) | {"n": len(test), "eps": plan.eps}
-    train.write_text(path, json.dumps(done, indent=1))
+    done["provenance"] = runs.provenance(device) | {
+        "n": len(test), "eps": plan.eps, "preset": plan.preset, "config": to_dict(cfg), "seed": cfg.seed,
+        "data_sha256": runs.data_checksum(test)}
+    runs.write_text(path, json.dumps(done, indent=1))
 
 
 def _epoch(plan: Plan, run: str, ckpt: str) -> int | None:
@@ -291,6 +329,10 @@ _SLOT = 0  # this worker process's line for its progress bar (set once per worke
 
 def _worker_init(lock, counter) -> None:
     global _SLOT
+    if sys.platform == "linux":   # PR_SET_PDEATHSIG: die with the parent, so a killed plan leaves no writer
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+        if os.getppid() == 1:
+            os._exit(1)
     torch.set_num_threads(1)
     tqdm.set_lock(lock)
     with counter.get_lock():
@@ -299,8 +341,29 @@ def _worker_init(lock, counter) -> None:
 
 
 def _run_in_worker(task: Task, plan: Plan, progress: bool) -> str:
-    run_task(task, plan, position=_SLOT, progress=progress)
+    with task_log(plan, task) as log:
+        faulthandler.enable(log)   # a crash in C code (or a kill from a timeout) still leaves a trace
+        run_task(task, plan, position=_SLOT, progress=progress)
     return task.name
+
+
+def log_path(plan: Plan, task: Task) -> Path:
+    return plan.out / "logs" / f"{task.name.replace(':', '-')}.log"
+
+
+@contextmanager
+def task_log(plan: Plan, task: Task):
+    """Append when a task starts and ends, and any error's traceback, to the task's log file."""
+    path = log_path(plan, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1) as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} start {task.name} (pid {os.getpid()})\n")
+        try:
+            yield log
+        except BaseException:
+            log.write(traceback.format_exc())
+            raise
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done {task.name}\n")
 
 
 def _critical_path(tasks: list[Task]) -> dict[str, float]:
@@ -333,7 +396,8 @@ def execute(plan: Plan, workers: int, progress: bool = True) -> None:
             task = ready(pending)[0]
             pending.remove(task)
             bar.set_postfix_str(task.name)
-            run_task(task, plan, position=1, progress=progress)
+            with task_log(plan, task):
+                run_task(task, plan, position=1, progress=progress)
             done.add(task.name)
             bar.update()
         bar.close()
@@ -351,7 +415,12 @@ def execute(plan: Plan, workers: int, progress: bool = True) -> None:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     task = running.pop(future)
-                    future.result()   # re-raises a worker's error here
+                    try:
+                        future.result()   # re-raises a worker's error here
+                    except BrokenProcessPool:
+                        lost = ", ".join(f"{t.name} (log: {log_path(plan, t)})" for t in (task, *running.values()))
+                        raise UserError(f"a worker process died (killed, or out of memory) while running {lost}; "
+                                        "rerun the same command to resume") from None
                     done.add(task.name)
                     bar.update()
         except BaseException:
@@ -385,20 +454,47 @@ def describe(plan: Plan) -> str:
 
 def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = False, seeds: int | None = None,
         workers: int | None = None, progress: bool = True, tables: tuple[int, ...] | None = None,
-        full: bool = False, **overrides: Any) -> Path:
-    """Build, run and report the plan of preset `p`; returns the results folder."""
+        full: bool = False, methods: tuple[str, ...] | None = None, allow_mixed: bool = False,
+        **overrides: Any) -> Path:
+    """Build, run and report the plan of preset `p`; returns the results folder.
+
+    One `reproduce` at a time writes a results folder (a second one stops with a line saying so), and
+    results computed on other data or at another eps are not added to a folder's tables unless
+    `allow_mixed` (see check_results_folder).
+    """
     from rslad_kit import report
 
-    plan = build_plan(p, out, seeds=seeds, tables=tables, full=full, **overrides)
+    plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
     workers = workers or default_workers(plan)
     if dry_run:
         print(describe(plan))
         print(estimate_seconds(plan, workers))
         return plan.out
     started = time.perf_counter()
-    execute(plan, workers, progress)
-    report.write(plan, seconds=time.perf_counter() - started)
+    with runs.lock(plan.out, "reproduce"):
+        check_results_folder(plan, allow_mixed)
+        execute(plan, workers, progress)
+        report.write(plan, seconds=time.perf_counter() - started)
     return plan.out
+
+
+def check_results_folder(plan: Plan, allow_mixed: bool = False) -> None:
+    """Record what the folder's results are computed on (plan.json), and refuse to add results for
+    another preset, dataset, eps or data (a changed --data-root, an edited CIFAR copy) to them."""
+    cfg = plan.base
+    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+    now = {"preset": plan.preset, "dataset": plan.dataset, "eps": plan.eps,
+           "data_sha256": runs.data_checksum(ds.train, ds.val, ds.test)}
+    path = plan.out / "plan.json"
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    differ = [key for key in now if key in before and before[key] != now[key]]
+    if differ and not allow_mixed:
+        changes = ", ".join(f"{key} {str(before[key])[:12]} there, {str(now[key])[:12]} now" for key in differ)
+        raise UserError(f"{plan.out} holds results for other settings ({changes}); choose another --out, or "
+                        "pass --allow-mixed to add to them anyway")
+    if differ:
+        now["mixed_with"] = before.get("mixed_with", []) + [{k: v for k, v in before.items() if k != "mixed_with"}]
+    runs.write_text(path, json.dumps(now, indent=1))
 
 
 def estimate_seconds(plan: Plan, workers: int) -> str:

@@ -3,7 +3,7 @@ validation, best/last checkpoints, exact resume).
 
 A run folder holds `config.json`, `last.pt` (everything needed to resume), `best.pt` (the weights
 with the best validation score) and `metrics.jsonl` (one line per epoch). Checkpoints are written to
-a temporary file and renamed, so a kill at any moment leaves the previous checkpoint intact. Every
+a temporary file and renamed (runs.py), so a kill at any moment leaves the previous checkpoint intact. Every
 epoch's randomness is seeded from (seed, epoch), so a resumed run repeats exactly what an
 uninterrupted one does: on a CPU the final weights are bitwise identical.
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,14 +25,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-import rslad_kit
 from rslad_kit import attacks as atk
 from rslad_kit import data as data_lib
-from rslad_kit import models
+from rslad_kit import models, runs
 from rslad_kit.config import TrainConfig, from_dict, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.evaluate import evaluate
 from rslad_kit.losses import METHODS
+# Run-folder helpers, re-exported: `train.save`, `train.is_finished`, ... keep working.
+from rslad_kit.runs import atomic_write, checkpoint_info, is_finished, provenance, save, write_text  # noqa: F401
 
 OBJECTIVES = ("none", "ce", "kl_self", "kl_teacher")
 
@@ -166,8 +165,19 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError("attack.random_start must be uniform/normal/none and attack.bn_mode eval/train")
     if cfg.select_by not in ("pgd_trades", "clean"):
         raise UserError(f"select_by must be 'pgd_trades' or 'clean' (got {cfg.select_by!r})")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise UserError("epochs and batch_size must be positive")
+    for name, value, lowest in (("epochs", cfg.epochs, 1), ("batch_size", cfg.batch_size, 1),
+                                ("val_every", cfg.val_every, 1), ("attack.steps", cfg.attack.steps, 0)):
+        if value < lowest:
+            raise UserError(f"{name}={value}; pass a whole number >= {lowest} (e.g. --set {name}={max(lowest, 1)})")
+    if cfg.attack.steps == 0 and objective != "none":
+        raise UserError(f"attack.steps=0 but {cfg.method} trains on adversarial examples; pass attack.steps >= 1 "
+                        "(--set attack.steps=10), or use method 'natural' for clean training")
+    for name, value, example in (("lr", cfg.lr, 0.1), ("attack.step_size", cfg.attack.step_size, 0.0078)):
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{name}={value}; pass a positive number (e.g. --set {name}={example})")
+    for name, value in (("weight_decay", cfg.weight_decay), ("momentum", cfg.momentum)):
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{name}={value}; pass a number >= 0 (e.g. --set {name}=0)")
 
 
 def needs_teacher(cfg: TrainConfig) -> bool:
@@ -196,58 +206,41 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     return models.load_state(model, checkpoint, path).eval()
 
 
-def load_teacher(cfg: TrainConfig, ds: data_lib.Dataset, out: Path) -> nn.Module:
-    """The frozen teacher named by `cfg.teacher`: robustbench:<name>, a checkpoint, or a run folder.
+def teacher_path(cfg: TrainConfig, out: Path) -> Path:
+    """The file `cfg.teacher` names: RobustBench's zoo layout, a checkpoint, or a run folder's best.pt.
 
     A bare run name is also looked up beside `out` (runs/teacher for --out runs/student).
     """
     spec = cfg.teacher
     if spec.startswith("robustbench:"):
-        teacher = models.load_teacher(spec, cfg.dataset, cfg.model_dir)
+        return Path(cfg.model_dir) / cfg.dataset / "Linf" / f"{spec.partition(':')[2]}.pt"
+    path = Path(spec)
+    if not path.exists() and (out.parent / spec).exists():
+        path = out.parent / spec
+    return path / "best.pt" if path.is_dir() else path
+
+
+def load_teacher(cfg: TrainConfig, ds: data_lib.Dataset, out: Path) -> nn.Module:
+    """The frozen teacher named by `cfg.teacher`: robustbench:<name>, a checkpoint, or a run folder."""
+    if cfg.teacher.startswith("robustbench:"):
+        teacher = models.load_teacher(cfg.teacher, cfg.dataset, cfg.model_dir)
     else:
-        path = Path(spec)
-        if not path.exists() and (out.parent / spec).exists():
-            path = out.parent / spec
-        teacher = load_model(path, arch=cfg.teacher_model, num_classes=ds.num_classes, in_channels=ds.in_channels)
+        teacher = load_model(teacher_path(cfg, out), arch=cfg.teacher_model, num_classes=ds.num_classes,
+                             in_channels=ds.in_channels)
     teacher.eval().requires_grad_(False)
-    classes = _num_classes(teacher, ds.val.x[:1])
+    try:
+        classes = _num_classes(teacher, ds.val.x[:1])
+    except RuntimeError as err:   # e.g. a first convolution built for other input channels
+        reason = str(err).strip().splitlines()[0][:160]
+        raise UserError(f"the teacher cannot read {cfg.dataset} images of shape {tuple(ds.val.x.shape[1:])} "
+                        f"({reason}); use a teacher trained on {cfg.dataset}") from err
     if classes != ds.num_classes:
         raise UserError(f"the teacher predicts {classes} classes but {cfg.dataset} has {ds.num_classes}; "
                         f"use a teacher trained on {cfg.dataset}")
     return teacher
 
 
-# --- files -------------------------------------------------------------------------------------------
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def provenance(device: torch.device | str) -> dict[str, Any]:
-    """What produced a result: kit version, git commit, torch version, device."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(rslad_kit.__file__).parent,
-                                capture_output=True, text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"kit_version": rslad_kit.__version__, "git_commit": commit, "torch_version": str(torch.__version__),
-            "device": f"{device.type}: {name}", "threads": torch.get_num_threads()}
-
+# --- devices ---------------------------------------------------------------------------------------
 
 def available_cores() -> int:
     """CPU cores this process may use (macOS has no sched_getaffinity)."""
@@ -258,21 +251,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """A kit checkpoint's epoch and metadata, without reading its tensors (memory-mapped)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return {"epoch": checkpoint["epoch"], "meta": checkpoint["meta"]}
-
-
-def is_finished(out: str | Path) -> bool:
-    """Whether `out` holds a run that trained all its epochs."""
-    path = Path(out) / "last.pt"
-    if not path.is_file():
-        return False
-    info = checkpoint_info(path)
-    return info["epoch"] >= info["meta"]["config"]["epochs"]
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -294,34 +272,55 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     that train many runs load the data once; `position` is the progress bar's line.
     """
     out = Path(out)
+    # --- cheap checks first: names, values, the folder, the resume state; then data and models
     check_config(cfg)
     last_path = out / "last.pt"
     if resume and not last_path.is_file():
         raise UserError(f"--resume: no checkpoint in {out}; drop --resume to start a new run there")
     if not resume and last_path.is_file():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    runs.check_writable(out)
+    state = None
+    if resume:
+        state = models.read_checkpoint(last_path)
+        _check_same_config(state["meta"]["config"], cfg, out)
+    with runs.lock(out, "training run"):
+        if not resume and last_path.is_file():   # another process started this run meanwhile
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return _train(cfg, out, state, dataset, progress=progress, position=position)
 
+
+def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Dataset | None, *,
+           progress: bool, position: int) -> list[dict[str, Any]]:
+    """The body of `train`, in the locked run folder `out`; `state` is the checkpoint to resume from."""
+    last_path = out / "last.pt"
     device = resolve_device(cfg.device)
     ds = dataset or data_lib.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size)
-    teacher = load_teacher(cfg, ds, out).to(device) if needs_teacher(cfg) else None
+    if cfg.batch_size > len(ds.train):
+        raise UserError(f"batch_size={cfg.batch_size} but {cfg.dataset} has {len(ds.train)} training examples; "
+                        f"pass a smaller batch size (e.g. --set batch_size={min(128, len(ds.train))})")
+    meta = {"config": to_dict(cfg), "seed": cfg.seed, "num_classes": ds.num_classes,
+            "in_channels": ds.in_channels, "data_sha256": runs.data_checksum(ds.train, ds.val)}
+    teacher = None
+    if needs_teacher(cfg):
+        teacher = load_teacher(cfg, ds, out).to(device)
+        meta["teacher_sha256"] = runs.sha256(teacher_path(cfg, out))
+    if state is not None:
+        _check_same_inputs(state["meta"], meta, out)
+    meta |= provenance(device)
     torch.manual_seed(cfg.seed)
     student = models.build(cfg.model, ds.num_classes, in_channels=ds.in_channels).to(device)
     if cfg.channels_last:
         student = student.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    meta = {"config": to_dict(cfg), "seed": cfg.seed, "num_classes": ds.num_classes,
-            "in_channels": ds.in_channels, **provenance(device)}
 
     start, history, best = 0, [], {"epoch": 0, "score": -math.inf}
-    if resume:
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        _check_same_config(state["meta"]["config"], cfg, out)
+    if state is not None:
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history, best = state["epoch"], state["history"], state["best"]
 
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.json", json.dumps(meta, indent=2))
     write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
@@ -373,6 +372,16 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         start = epoch
     bar.close()
     return history
+
+
+def _check_same_inputs(saved: dict, meta: dict, out: Path) -> None:
+    """A resumed run must read the same data and teacher file as before (runs from before the
+    checksums were recorded have none to compare)."""
+    for key, what in (("data_sha256", "the data"), ("teacher_sha256", "the teacher file")):
+        if saved.get(key) and saved[key] != meta.get(key):
+            raise UserError(f"--resume: {what} changed since the run in {out} started (sha256 "
+                            f"{saved[key][:12]}... then, {str(meta.get(key))[:12]}... now); restore it or "
+                            "start a new run in another --out")
 
 
 def _check_same_config(saved: dict, cfg: TrainConfig, out: Path) -> None:

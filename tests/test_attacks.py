@@ -202,9 +202,10 @@ def test_autoattack_adapter_is_deterministic_bounded_and_resumable(batch, tmp_pa
     x, y = batch[0][:8], batch[1][:8]
     model = tiny_model().eval()
     a = attacks.autoattack(model, x, y, eps=EPS, seed=0)
-    b = attacks.autoattack(model, x, y, eps=EPS, seed=0, state_path=tmp_path / "state.json")
+    b = attacks.autoattack(model, x, y, eps=EPS, seed=0, state_path=tmp_path / "state.pt")
     assert torch.equal(a, b)
-    assert json.loads((tmp_path / "state.json").read_text())   # progress a rerun can resume from
+    state = torch.load(tmp_path / "state.pt", weights_only=True)   # progress a rerun can resume from
+    assert state["done"] == ["apgd-ce", "apgd-t", "fab-t", "square"] and torch.equal(state["x_adv"], a)
     assert (a - x).abs().max() <= EPS + 1e-6 and a.min() >= 0 and a.max() <= 1
     assert not model.training
 

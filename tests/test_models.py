@@ -230,7 +230,7 @@ def test_namespace_in_checkpoint_is_refused(tmp_path):
     (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>", "HTML"),
     (b"\n  <html><body>Quota exceeded</body></html>", "HTML"),
     (bytes(range(256)) * 8, "not a PyTorch checkpoint"),
-    (b"", "not a PyTorch checkpoint"),
+    (b"", "is empty"),
 ])
 def test_non_checkpoints_are_user_errors(tmp_path, content, says):
     (tmp_path / "x.pt").write_bytes(content)
