@@ -180,7 +180,9 @@ def report(cells: list[str], seeds: tuple[int, ...], split: str, out: str) -> st
             v = [row[a] for row in r[m].values()]
             return f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
         def d(a, other):
-            return str(paired({s: x[a] for s, x in r["rslad"].items()}, {s: x[a] for s, x in r[other].items()}))
+            ours, theirs = ({s: x[a] for s, x in r[m].items()} for m in ("rslad", other))
+            wins = sum(ours[s] > theirs[s] for s in set(ours) & set(theirs))
+            return f"{paired(ours, theirs)}; ahead on {wins}"
         n = min(len(v) for v in r.values())
         lines.append(f"| {cell} | {n} | " + " | ".join(ms(m, a) for m in METHODS for a in ("pgd_trades", "cw"))
                      + " | " + " | ".join(d(a, o) for o in ("sat", "trades") for a in ("pgd_trades", "cw")) + " |")
