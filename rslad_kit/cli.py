@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             overrides[name] = getattr(args, name)
     cfg = config.preset(args.preset, args.method, **overrides)
     history = train.train(cfg, args.out, resume=args.resume)
-    if history:
+    if history and os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 speaks for all
         last = history[-1]
         print(f"{args.out}: epoch {last['epoch']}, val clean {last.get('val_clean')}, "
               f"val PGD_TRADES {last.get('val_pgd_trades')}")

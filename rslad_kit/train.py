@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 import rslad_kit
 from rslad_kit import attacks as atk
 from rslad_kit import data as data_lib
-from rslad_kit import models
+from rslad_kit import distributed as dist_lib
+from rslad_kit import gpu, graphs, models
 from rslad_kit.config import TrainConfig, from_dict, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.evaluate import evaluate
@@ -87,8 +88,13 @@ def train_step(
     *,
     epoch: int = 1,
     num_classes: int | None = None,
+    attack: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
 ) -> dict[str, float]:
-    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms."""
+    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms.
+
+    `student` may be wrapped in DistributedDataParallel: the attack runs on the module inside it.
+    `attack(x, y, t_nat)` replaces the eager attack (graphs.GraphedPGD, built by `train`).
+    """
     method = METHODS[cfg.method]
     objective = cfg.objective or method.attack
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -101,10 +107,12 @@ def train_step(
 
     # --- inner maximisation
     x_adv = x
-    if objective != "none":
-        a = cfg.attack
+    if attack is not None and objective != "none":
+        x_adv = attack(x, y, t_nat)
+    elif objective != "none":
+        a, core = cfg.attack, dist_lib.unwrap(student)
         with autocast:
-            x_adv = atk.pgd(student, x, inner_objective(objective, student, x, y, t_nat), eps=a.eps,
+            x_adv = atk.pgd(core, x, inner_objective(objective, core, x, y, t_nat), eps=a.eps,
                             step_size=a.step_size, steps=a.steps, random_start=a.random_start, bn_mode=a.bn_mode)
 
     # --- outer minimisation: the loss reads what its signature names
@@ -301,13 +309,17 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     if not resume and last_path.is_file():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
-    device = resolve_device(cfg.device)
+    gpu.set_deterministic(cfg.deterministic)
+    ctx, device = dist_lib.setup(resolve_device(cfg.device))
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise UserError(f"cuda_graphs needs a CUDA device (this run uses {device}); drop --set cuda_graphs=true")
     ds = dataset or data_lib.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size)
     teacher = load_teacher(cfg, ds, out).to(device) if needs_teacher(cfg) else None
     torch.manual_seed(cfg.seed)
     student = models.build(cfg.model, ds.num_classes, in_channels=ds.in_channels).to(device)
-    if cfg.channels_last:
+    if cfg.channels_last:   # the teacher too: +10% images/s in bf16 on an H100 (docs/benchmarks.md)
         student = student.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     meta = {"config": to_dict(cfg), "seed": cfg.seed, "num_classes": ds.num_classes,
@@ -321,26 +333,35 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         optimizer.load_state_dict(state["optimizer"])
         start, history, best = state["epoch"], state["history"], state["best"]
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.json", json.dumps(meta, indent=2))
-    write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.json", json.dumps(meta, indent=2))
+        write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
+    model = dist_lib.wrap(student, ctx, device)   # `student` itself is what attacks, evaluation and files see
+    graphed = None
+    if cfg.cuda_graphs:
+        objective = cfg.objective or METHODS[cfg.method].attack
+        graphed = graphs.GraphedPGD(student, cfg.attack, lambda x, y, t: inner_objective(objective, student, x, y, t),
+                                    bf16=cfg.bf16)
     train_split, val_split = ds.train.to(device), ds.val.to(device)
+    val_shard = data_lib.Split(dist_lib.shard_split(val_split.x, ctx), dist_lib.shard_split(val_split.y, ctx))
     loader = data_lib.TensorLoader(train_split, cfg.batch_size, shuffle=True, augment=cfg.augment,
                                    padding=ds.crop_padding, flip=ds.flip, seed=cfg.seed)
     bar = tqdm(total=(cfg.epochs - start) * len(loader), desc=f"{cfg.method} {out.name}",
-               disable=not progress, leave=False, dynamic_ncols=True, position=position)
+               disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True, position=position)
     for epoch in range(start + 1, cfg.epochs + 1):
         began = time.perf_counter()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch) + dist_lib.seed_offset(ctx))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, epoch)
         sums: dict[str, float] = defaultdict(float)
-        for x, y in loader.epoch(epoch):
+        for x, y in dist_lib.shard(loader.epoch(epoch), ctx):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                terms = train_step(student, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=ds.num_classes)
+                terms = train_step(model, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=ds.num_classes,
+                                   attack=graphed)
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{e}; the last good checkpoint (epoch {start}) is kept in {out}; "
                                        "lower --lr or check the teacher") from None
@@ -349,27 +370,31 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             bar.update()
 
         # --- validation on the held-out split; the paper selects checkpoints by PGD_TRADES
+        sums = dist_lib.total(sums, ctx, device)
         record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch),
                                   **{k: v / len(train_split) for k, v in sums.items()}}
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
             student.eval()
-            row = evaluate(student, val_split, ["clean", "pgd_trades"], eps=cfg.attack.eps, seed=cfg.seed)
+            row = evaluate(student, val_shard, ["clean", "pgd_trades"], eps=cfg.attack.eps, seed=cfg.seed)
+            row = dist_lib.pooled_accuracy(row, ["clean", "pgd_trades"], len(val_shard), ctx, device)
             student.train()
             record |= {"val_clean": row["clean"], "val_pgd_trades": row["pgd_trades"]}
             score = row[cfg.select_by]
             if score > best["score"]:
                 best = {"epoch": epoch, "score": score}
-                save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
-                     out / "best.pt")
+                if ctx.is_main:
+                        save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
+                         out / "best.pt")
         record["seconds"] = round(time.perf_counter() - began, 3)
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_pgd_trades', float('nan')):.1f}")
 
         # --- checkpoint, then the log line (on resume the log is rewritten from the checkpoint)
-        save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-              "history": history, "best": best, "meta": meta}, last_path)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if ctx.is_main:
+            save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                  "history": history, "best": best, "meta": meta}, last_path)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         start = epoch
     bar.close()
     return history
