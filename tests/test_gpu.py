@@ -3,10 +3,12 @@
 The CUDA tests skip on a machine without a GPU; the rest check the switches' contracts on a CPU.
 """
 
+import os
+
 import pytest
 import torch
 
-from rslad_kit import UserError, gpu, train
+from rslad_kit import UserError, cli, gpu, train
 from rslad_kit import attacks as atk
 from rslad_kit.config import AttackConfig, preset
 from rslad_kit.graphs import GraphedPGD
@@ -101,3 +103,21 @@ def test_training_with_graphs_and_channels_last_runs(tmp_path, bf16):
     cfg = preset("smoke", "trades", cuda_graphs=True, channels_last=True, bf16=bf16, device="cuda")
     history = train.train(cfg, tmp_path / "run", progress=False)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+
+
+def test_workers_spread_over_the_gpus_round_robin(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    seen = []
+    for slot in range(1, 6):
+        gpu.pin_worker(slot, 2)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["0", "1", "0", "1", "0"]
+
+
+def test_workers_per_gpu_without_a_gpu_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--workers-per-gpu", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--workers-per-gpu needs CUDA" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
