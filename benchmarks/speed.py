@@ -140,9 +140,10 @@ def part_classroom(args) -> None:
         rows.setdefault("official", []).append(official_images_per_s(
             fresh("cnn-w4", in_channels=1), fresh("cnn-w16", in_channels=1).eval(), images, labels, cfg,
             n_batches, ds.crop_padding, args.loader_workers, "cpu"))
-        rows.setdefault("kit", []).append(kit_images_per_s(
-            fresh("cnn-w4", in_channels=1), fresh("cnn-w16", in_channels=1).eval().requires_grad_(False),
-            ds.train, cfg, n_batches, ds.crop_padding))
+        for name, variant in (("kit", cfg), ("kit, channels_last", replace(cfg, channels_last=True))):
+            rows.setdefault(name, []).append(kit_images_per_s(
+                fresh("cnn-w4", in_channels=1), fresh("cnn-w16", in_channels=1).eval().requires_grad_(False),
+                ds.train, variant, n_batches, ds.crop_padding))
     _print_rows(rows, f"official structure (PIL loader, {args.loader_workers} workers, DataParallel)")
 
 
@@ -183,12 +184,13 @@ def part_large(args) -> None:
     peak = matmul_gflops()
     student, teacher = fresh("resnet18"), fresh(wrn_16_4()).eval().requires_grad_(False)
     gflop = step_gflop(student, teacher, split.x[: args.batch], cfg)
-    rows = {"official": [], "kit": []}
+    rows = {"official": [], "kit": [], "kit, channels_last": []}
     for _ in range(args.repeats):
         rows["official"].append(official_images_per_s(fresh("resnet18"), fresh(wrn_16_4()).eval(), images, labels,
                                                       cfg, args.batches, 4, 0, "cpu"))
-        rows["kit"].append(kit_images_per_s(fresh("resnet18"), fresh(wrn_16_4()).eval().requires_grad_(False),
-                                            split, cfg, args.batches, 4))
+        for name, variant in (("kit", cfg), ("kit, channels_last", replace(cfg, channels_last=True))):
+            rows[name].append(kit_images_per_s(fresh("resnet18"), fresh(wrn_16_4()).eval().requires_grad_(False),
+                                               split, variant, args.batches, 4))
     print(f"| loop (ResNet-18 + WRN-16-4, batch {args.batch}, PGD-10, {args.batches} timed steps) "
           "| images/s | ratio | GFLOP/s | of the matmul peak |")
     print("|---|---|---|---|---|")
@@ -214,7 +216,7 @@ def part_scaling(args) -> None:
 
     seconds(cfg, ds.train)   # warm-up: the first epoch in a process pays one-off costs
 
-    print("| PGD steps | seconds per epoch (1,600 images) |\n|---|---|")
+    print(f"| PGD steps | seconds per epoch ({len(ds.train):,} images) |\n|---|---|")
     for steps in (1, 2, 5, 10, 20):
         print(f"| {steps} | {seconds(replace(cfg, attack=replace(cfg.attack, steps=steps)), ds.train):.3f} |")
     print("\n| training images | seconds per epoch (PGD-5) |\n|---|---|")
