@@ -199,7 +199,8 @@ def part_large(args) -> None:
         rate = max(values) * gflop / args.batch
         label = "official structure (PIL loader in-process, DataParallel)" if name == "official" else name
         print(f"| {label} | {max(values):.1f} | {max(values) / base:.2f} | {rate:.1f} | {rate / peak:.0%} |")
-    print(f"\none step: {gflop:.0f} GFLOP (forwards counted by FlopCounterMode, backwards as in step_gflop); fp32 matmul peak (1024^2, this run): {peak:.1f} GFLOP/s")
+    print(f"\none step: {gflop:.0f} GFLOP (forwards counted by FlopCounterMode, backwards as in step_gflop); "
+          f"fp32 matmul peak (1024^2, this run): {peak:.1f} GFLOP/s")
 
 
 def part_scaling(args) -> None:
@@ -284,8 +285,8 @@ def part_gpu(args) -> None:
     rslad = reproduce.estimate_cost(preset("cifar10", "rslad"))
     for name, rate in ((name, rows[name][0]) for name in ("official", best)):
         total = sum(reproduce.estimate_cost(c) / rslad * 300 * CIFAR_TRAIN / rate for c in plan.runs.values())
-        print(f"whole CIFAR-10 plan ({len(plan.runs)} training runs, one at a time), {name}: {total / 3600:.0f} GPU-hours"
-              " (scaled from the RN-18 RSLAD rate by reproduce.estimate_cost)")
+        print(f"whole CIFAR-10 plan ({len(plan.runs)} training runs, one at a time), {name}: "
+              f"{total / 3600:.0f} GPU-hours (scaled from the RN-18 RSLAD rate by reproduce.estimate_cost)")
 
     print("\n| batch size | peak GPU memory (GiB), kit fp32 step |\n|---|---|")
     for batch in (64, 128, 256, 512):

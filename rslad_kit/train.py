@@ -383,7 +383,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             if score > best["score"]:
                 best = {"epoch": epoch, "score": score}
                 if ctx.is_main:
-                        save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
+                    save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
                          out / "best.pt")
         record["seconds"] = round(time.perf_counter() - began, 3)
         history.append(record)
