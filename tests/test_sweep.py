@@ -40,3 +40,12 @@ def test_students_wait_for_their_teacher():
 def test_unknown_executor_is_one_line(tmp_path):
     with pytest.raises(UserError, match="unknown executor"):
         sweep.executor("kubernetes", tmp_path, timeout_min=1)
+
+
+def test_cli_sweep_with_an_unknown_executor_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from rslad_kit import cli
+
+    code = cli.main(["sweep", "--preset", "smoke", "--executor", "kubernetes", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown executor" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
