@@ -5,7 +5,10 @@ A run folder holds `config.json`, `last.pt` (everything needed to resume), `best
 with the best validation score) and `metrics.jsonl` (one line per epoch). Checkpoints are written to
 a temporary file and renamed, so a kill at any moment leaves the previous checkpoint intact. Every
 epoch's randomness is seeded from (seed, epoch), so a resumed run repeats exactly what an
-uninterrupted one does: on a CPU the final weights are bitwise identical.
+uninterrupted one does: on a CPU the final weights are bitwise identical, and on a GPU too with
+`deterministic=True` (rslad_kit/gpu.py says what differs without it). Under torchrun the same loop
+trains data-parallel (rslad_kit/distributed.py); `cuda_graphs=True` replays the attack from CUDA
+graphs (rslad_kit/graphs.py).
 
 Taught in notebooks/03_training.ipynb.
 """
