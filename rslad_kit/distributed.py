@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from rslad_kit.errors import UserError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -76,6 +78,14 @@ def shard(batches: Iterator[tuple[Tensor, Tensor]], ctx: Context) -> Iterator[tu
         if ctx.active:
             x, y = x.tensor_split(ctx.world_size)[ctx.rank], y.tensor_split(ctx.world_size)[ctx.rank]
         yield x, y
+
+
+def check_batches(n: int, batch_size: int, ctx: Context) -> None:
+    """Every rank needs images in every batch, the epoch's last, smaller one included."""
+    last = n % batch_size or batch_size
+    if ctx.active and (batch_size < ctx.world_size or last < ctx.world_size):
+        raise UserError(f"with {ctx.world_size} processes every batch needs at least {ctx.world_size} images, "
+                        f"but the epoch's last batch has {last}; choose another batch_size")
 
 
 def shard_split(x: Tensor, ctx: Context) -> Tensor:

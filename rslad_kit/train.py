@@ -317,6 +317,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     if cfg.cuda_graphs and device.type != "cuda":
         raise UserError(f"cuda_graphs needs a CUDA device (this run uses {device}); drop --set cuda_graphs=true")
     ds = dataset or data_lib.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size)
+    dist_lib.check_batches(len(ds.train), cfg.batch_size, ctx)
     teacher = load_teacher(cfg, ds, out).to(device) if needs_teacher(cfg) else None
     torch.manual_seed(cfg.seed)
     student = models.build(cfg.model, ds.num_classes, in_channels=ds.in_channels).to(device)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from rslad_kit import data, train
+from rslad_kit import UserError, data, train
 from rslad_kit import distributed as dist_lib
 from rslad_kit.config import preset
 
@@ -45,3 +45,10 @@ def test_two_gloo_processes_reach_the_weights_of_one_process(tmp_path):
     # The logged loss is the mean over the whole epoch, summed over both ranks.
     assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=0.02)
     assert {"val_clean", "val_pgd_trades"} <= set(two["history"][0])
+
+
+def test_a_last_batch_smaller_than_the_process_count_is_refused():
+    ctx = dist_lib.Context(0, 4, 0)
+    dist_lib.check_batches(1_000, 128, ctx)          # last batch: 104 images
+    with pytest.raises(UserError, match="last batch has 2"):
+        dist_lib.check_batches(258, 128, ctx)
