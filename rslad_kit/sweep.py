@@ -18,6 +18,7 @@ every job are under `<out>/<preset>/submitit/`.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ def executor(kind: str, folder: Path, *, timeout_min: int, partition: str | None
     """A submitit executor for `kind` (local, slurm, debug), writing its logs to `folder`."""
     if kind not in EXECUTORS:
         raise UserError(f"unknown executor {kind!r}; choose from {', '.join(EXECUTORS)}")
+    if kind == "slurm" and shutil.which("srun") is None:
+        raise UserError("--executor slurm: no Slurm here (srun not found); "
+                        "run on the cluster's login node, or use --executor local")
     ex = submitit.AutoExecutor(folder=folder, cluster=kind)
     ex.update_parameters(timeout_min=timeout_min, gpus_per_node=gpus, cpus_per_task=cpus, name="rslad-kit")
     if kind == "slurm":

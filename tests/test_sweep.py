@@ -1,5 +1,7 @@
 """`rslad-kit sweep`: a plan's tasks as submitit jobs (the local executor: processes on this machine)."""
 
+import os
+
 import pytest
 import submitit
 
@@ -49,3 +51,21 @@ def test_cli_sweep_with_an_unknown_executor_is_one_line_and_writes_nothing(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and "unknown executor" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_slurm_jobs_get_the_partition_time_limit_and_one_gpu(tmp_path, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    ex = sweep.executor("slurm", tmp_path / "logs", timeout_min=90, partition="gpu", gpus=1, cpus=4, parallel=16)
+    params = ex._executor.parameters   # what submitit writes into the sbatch file
+    assert params["partition"] == "gpu" and params["time"] == 90 and params["gpus_per_node"] == 1
+    assert params["cpus_per_task"] == 4 and params["array_parallelism"] == 16
+
+
+def test_slurm_without_slurm_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="srun not found"):
+        sweep.executor("slurm", tmp_path, timeout_min=1)
