@@ -1,4 +1,6 @@
-"""`python -m rslad_kit`: the same as the `rslad-kit` command."""
+"""`python -m rslad_kit ...` is `rslad-kit ...`; torchrun needs this form:
+`torchrun --nproc-per-node 2 -m rslad_kit train ...`.
+"""
 
 import sys
 

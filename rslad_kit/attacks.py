@@ -111,17 +111,24 @@ def pgd(
     check_images(x)
     was_training = model.training
     model.train(bn_mode == "train")
-    x = x.detach()
-    x_adv = x + _random_start(x, eps, random_start)
     try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                x_adv.requires_grad_(True)
-                loss = objective(model(x_adv)).sum()
-                (grad,) = torch.autograd.grad(loss, x_adv)
-                x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
+        return pgd_steps(model, x, objective, eps=eps, step_size=step_size, steps=steps, random_start=random_start)
     finally:
         model.train(was_training)
+
+
+def pgd_steps(model: nn.Module, x: Tensor, objective: Objective, *, eps: float, step_size: float, steps: int,
+              random_start: RandomStart) -> Tensor:
+    """PGD's loop alone, in the model's current mode and without the input check: only tensor ops, with
+    no sync with the host, so it can be captured in a CUDA graph (rslad_kit/graphs.py)."""
+    x = x.detach()
+    x_adv = x + _random_start(x, eps, random_start)
+    with torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = objective(model(x_adv)).sum()
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
     return _project(x_adv.detach(), x, eps)
 
 

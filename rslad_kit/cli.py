@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             overrides[name] = getattr(args, name)
     cfg = config.preset(args.preset, args.method, **overrides)
     history = train.train(cfg, args.out, resume=args.resume)
-    if history:
+    if history and os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 speaks for all
         last = history[-1]
         print(f"{args.out}: epoch {last['epoch']}, val clean {last.get('val_clean')}, "
               f"val PGD_TRADES {last.get('val_pgd_trades')}")
@@ -111,7 +111,18 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from rslad_kit import reproduce
 
     reproduce.run(args.preset, out=args.out, dry_run=args.dry_run, seeds=args.seeds, full=args.full,
-                  data_root=args.data_root, device=args.device, allow_mixed=args.allow_mixed)
+                  data_root=args.data_root, device=args.device, allow_mixed=args.allow_mixed,
+                  workers_per_gpu=args.workers_per_gpu)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from rslad_kit import sweep
+
+    folder = sweep.run(args.preset, out=args.out, kind=args.executor, seeds=args.seeds, full=args.full,
+                       timeout_min=args.timeout_min, partition=args.partition, gpus=args.gpus_per_job,
+                       parallel=args.parallel, threads=args.threads_per_job, data_root=args.data_root,
+                       device=args.device)
+    print(f"results in {folder}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
     rp.add_argument("--allow-mixed", action="store_true",
                     help="add to a results folder built on other data or at another eps (refused otherwise)")
+    rp.add_argument("--workers-per-gpu", type=int, metavar="N",
+                    help="N runs at once on every GPU, each its own process (README: several runs per GPU)")
     rp.set_defaults(func=cmd_reproduce)
+
+    sw = sub.add_parser("sweep", help="run a reproduce plan's tasks as submitit jobs (local or Slurm)")
+    sw.add_argument("--preset", default="classroom")
+    sw.add_argument("--out", default="results")
+    sw.add_argument("--executor", default="local", help="local (processes here), slurm, or debug (this process)")
+    sw.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
+    sw.add_argument("--full", action="store_true", help="lift the preset's CPU budget")
+    sw.add_argument("--partition", help="Slurm partition")
+    sw.add_argument("--timeout-min", type=int, default=24 * 60,
+                    help="a job's time limit; a job that reaches it is requeued and resumes")
+    sw.add_argument("--gpus-per-job", type=int, help="default: 1 on Slurm, 0 locally")
+    sw.add_argument("--parallel", type=int, default=4, help="jobs running at once")
+    sw.add_argument("--threads-per-job", type=int, default=1, help="torch CPU threads in each job")
+    sw.add_argument("--data-root", default="data")
+    sw.add_argument("--device", default="auto")
+    sw.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -69,7 +69,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"               # "auto": CUDA when available, else CPU
     bf16: bool = False                 # GPU option: bfloat16 autocast for forwards
-    channels_last: bool = False        # GPU option: channels-last memory format
+    channels_last: bool = False        # GPU option: channels-last memory format (student and teacher)
+    deterministic: bool = False        # deterministic kernels (cuDNN, cuBLAS): bitwise resume on a GPU too,
+                                       # at some speed; a CPU run is bitwise reproducible either way
+    cuda_graphs: bool = False          # GPU option: replay the PGD attack as CUDA graphs (rslad_kit/graphs.py);
+                                       # 1.4-2.5x faster attacks on an H100 (docs/benchmarks.md)
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -48,7 +48,9 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 def _pool_flatten(out: torch.Tensor) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(out, 1).flatten(1)
+    # A mean rather than adaptive_avg_pool2d: the same numbers, and its CUDA backward is deterministic
+    # (adaptive_avg_pool2d's raises under torch.use_deterministic_algorithms).
+    return out.mean(dim=(2, 3))
 
 
 # ---------------------------------------------------------------- normalisation

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from rslad_kit import data as data_lib
 from rslad_kit import evaluate as evaluate_lib
-from rslad_kit import models, runs, train
+from rslad_kit import gpu, models, runs, train
 from rslad_kit.config import PRESETS, PlanConfig, TrainConfig, override, preset, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS
@@ -327,7 +327,7 @@ def _epoch(plan: Plan, run: str, ckpt: str) -> int | None:
 _SLOT = 0  # this worker process's line for its progress bar (set once per worker)
 
 
-def _worker_init(lock, counter) -> None:
+def _worker_init(lock, counter, gpus: int = 0) -> None:
     global _SLOT
     if sys.platform == "linux":   # PR_SET_PDEATHSIG: die with the parent, so a killed plan leaves no writer
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)
@@ -338,6 +338,7 @@ def _worker_init(lock, counter) -> None:
     with counter.get_lock():
         counter.value += 1
         _SLOT = counter.value
+    gpu.pin_worker(_SLOT, gpus)   # several GPUs: workers spread over them, round robin
 
 
 def _run_in_worker(task: Task, plan: Plan, progress: bool) -> str:
@@ -378,7 +379,7 @@ def _critical_path(tasks: list[Task]) -> dict[str, float]:
     return {t.name: length(t.name) for t in tasks}
 
 
-def execute(plan: Plan, workers: int, progress: bool = True) -> None:
+def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> None:
     """Run every task in dependency order on `workers` processes (1: in this process)."""
     tasks = plan.tasks()
     priority = _critical_path(tasks)
@@ -405,7 +406,7 @@ def execute(plan: Plan, workers: int, progress: bool = True) -> None:
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(context.RLock(), context.Value("i", 0))) as pool:
+                             initargs=(context.RLock(), context.Value("i", 0), gpus)) as pool:
         running: dict[Future, Task] = {}
         try:
             while pending or running:
@@ -455,16 +456,24 @@ def describe(plan: Plan) -> str:
 def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = False, seeds: int | None = None,
         workers: int | None = None, progress: bool = True, tables: tuple[int, ...] | None = None,
         full: bool = False, methods: tuple[str, ...] | None = None, allow_mixed: bool = False,
-        **overrides: Any) -> Path:
+        workers_per_gpu: int | None = None, **overrides: Any) -> Path:
     """Build, run and report the plan of preset `p`; returns the results folder.
 
     One `reproduce` at a time writes a results folder (a second one stops with a line saying so), and
     results computed on other data or at another eps are not added to a folder's tables unless
-    `allow_mixed` (see check_results_folder).
+    `allow_mixed` (see check_results_folder). `workers_per_gpu` runs that many tasks at once on every
+    GPU, each in its own process.
     """
     from rslad_kit import report
 
     plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
+    gpus = 0
+    if workers_per_gpu:
+        gpus = gpu.gpu_count()
+        if gpus == 0 or train.resolve_device(plan.base.device).type != "cuda":
+            raise UserError("--workers-per-gpu needs CUDA devices; on a CPU, reproduce runs one worker per core")
+        workers = workers_per_gpu * gpus
+        print(gpu.mps_note(workers_per_gpu))
     workers = workers or default_workers(plan)
     if dry_run:
         print(describe(plan))
@@ -473,7 +482,7 @@ def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = Fa
     started = time.perf_counter()
     with runs.lock(plan.out, "reproduce"):
         check_results_folder(plan, allow_mixed)
-        execute(plan, workers, progress)
+        execute(plan, workers, progress, gpus)
         report.write(plan, seconds=time.perf_counter() - started)
     return plan.out
 

@@ -5,13 +5,17 @@ A run folder holds `config.json`, `last.pt` (everything needed to resume), `best
 with the best validation score) and `metrics.jsonl` (one line per epoch). Checkpoints are written to
 a temporary file and renamed (runs.py), so a kill at any moment leaves the previous checkpoint intact. Every
 epoch's randomness is seeded from (seed, epoch), so a resumed run repeats exactly what an
-uninterrupted one does: on a CPU the final weights are bitwise identical.
+uninterrupted one does: on a CPU the final weights are bitwise identical, and on a GPU too with
+`deterministic=True` (rslad_kit/gpu.py says what differs without it). Under torchrun the same loop
+trains data-parallel (rslad_kit/distributed.py); `cuda_graphs=True` replays the attack from CUDA
+graphs (rslad_kit/graphs.py).
 
 Taught in notebooks/03_training.ipynb.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +31,8 @@ from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
 from rslad_kit import data as data_lib
-from rslad_kit import models, runs
+from rslad_kit import distributed as dist_lib
+from rslad_kit import gpu, graphs, models, runs
 from rslad_kit.config import TrainConfig, from_dict, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.evaluate import evaluate
@@ -86,8 +91,13 @@ def train_step(
     *,
     epoch: int = 1,
     num_classes: int | None = None,
+    attack: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
 ) -> dict[str, float]:
-    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms."""
+    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms.
+
+    `student` may be wrapped in DistributedDataParallel: the attack runs on the module inside it.
+    `attack(x, y, t_nat)` replaces the eager attack (graphs.GraphedPGD, built by `train`).
+    """
     method = METHODS[cfg.method]
     objective = cfg.objective or method.attack
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -100,10 +110,12 @@ def train_step(
 
     # --- inner maximisation
     x_adv = x
-    if objective != "none":
-        a = cfg.attack
+    if attack is not None and objective != "none":
+        x_adv = attack(x, y, t_nat)
+    elif objective != "none":
+        a, core = cfg.attack, dist_lib.unwrap(student)
         with autocast:
-            x_adv = atk.pgd(student, x, inner_objective(objective, student, x, y, t_nat), eps=a.eps,
+            x_adv = atk.pgd(core, x, inner_objective(objective, core, x, y, t_nat), eps=a.eps,
                             step_size=a.step_size, steps=a.steps, random_start=a.random_start, bn_mode=a.bn_mode)
 
     # --- outer minimisation: the loss reads what its signature names
@@ -284,7 +296,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     if resume:
         state = models.read_checkpoint(last_path)
         _check_same_config(state["meta"]["config"], cfg, out)
-    with runs.lock(out, "training run"):
+    # One writer per run folder; under torchrun, rank 0 is the writer.
+    with runs.lock(out, "training run") if dist_lib.launched_rank() == 0 else contextlib.nullcontext():
         if not resume and last_path.is_file():   # another process started this run meanwhile
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         return _train(cfg, out, state, dataset, progress=progress, position=position)
@@ -294,11 +307,15 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
            progress: bool, position: int) -> list[dict[str, Any]]:
     """The body of `train`, in the locked run folder `out`; `state` is the checkpoint to resume from."""
     last_path = out / "last.pt"
-    device = resolve_device(cfg.device)
+    gpu.set_deterministic(cfg.deterministic)
+    ctx, device = dist_lib.setup(resolve_device(cfg.device))
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise UserError(f"cuda_graphs needs a CUDA device (this run uses {device}); drop --set cuda_graphs=true")
     ds = dataset or data_lib.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size)
     if cfg.batch_size > len(ds.train):
         raise UserError(f"batch_size={cfg.batch_size} but {cfg.dataset} has {len(ds.train)} training examples; "
                         f"pass a smaller batch size (e.g. --set batch_size={min(128, len(ds.train))})")
+    dist_lib.check_batches(len(ds.train), cfg.batch_size, ctx)
     meta = {"config": to_dict(cfg), "seed": cfg.seed, "num_classes": ds.num_classes,
             "in_channels": ds.in_channels, "data_sha256": runs.data_checksum(ds.train, ds.val)}
     teacher = None
@@ -310,8 +327,9 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     meta |= provenance(device)
     torch.manual_seed(cfg.seed)
     student = models.build(cfg.model, ds.num_classes, in_channels=ds.in_channels).to(device)
-    if cfg.channels_last:
+    if cfg.channels_last:   # the teacher too: +10% images/s in bf16 on an H100 (docs/benchmarks.md)
         student = student.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
 
@@ -321,25 +339,34 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
         optimizer.load_state_dict(state["optimizer"])
         start, history, best = state["epoch"], state["history"], state["best"]
 
-    write_text(out / "config.json", json.dumps(meta, indent=2))
-    write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    if ctx.is_main:
+        write_text(out / "config.json", json.dumps(meta, indent=2))
+        write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
+    model = dist_lib.wrap(student, ctx, device)   # `student` itself is what attacks, evaluation and files see
+    graphed = None
+    if cfg.cuda_graphs:
+        objective = cfg.objective or METHODS[cfg.method].attack
+        graphed = graphs.GraphedPGD(student, cfg.attack, lambda x, y, t: inner_objective(objective, student, x, y, t),
+                                    bf16=cfg.bf16)
     train_split, val_split = ds.train.to(device), ds.val.to(device)
+    val_shard = data_lib.Split(dist_lib.shard_split(val_split.x, ctx), dist_lib.shard_split(val_split.y, ctx))
     loader = data_lib.TensorLoader(train_split, cfg.batch_size, shuffle=True, augment=cfg.augment,
                                    padding=ds.crop_padding, flip=ds.flip, seed=cfg.seed)
     bar = tqdm(total=(cfg.epochs - start) * len(loader), desc=f"{cfg.method} {out.name}",
-               disable=not progress, leave=False, dynamic_ncols=True, position=position)
+               disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True, position=position)
     for epoch in range(start + 1, cfg.epochs + 1):
         began = time.perf_counter()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch) + dist_lib.seed_offset(ctx))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, epoch)
         sums: dict[str, float] = defaultdict(float)
-        for x, y in loader.epoch(epoch):
+        for x, y in dist_lib.shard(loader.epoch(epoch), ctx):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                terms = train_step(student, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=ds.num_classes)
+                terms = train_step(model, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=ds.num_classes,
+                                   attack=graphed)
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{e}; the last good checkpoint (epoch {start}) is kept in {out}; "
                                        "lower --lr or check the teacher") from None
@@ -348,27 +375,31 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
             bar.update()
 
         # --- validation on the held-out split; the paper selects checkpoints by PGD_TRADES
+        sums = dist_lib.total(sums, ctx, device)
         record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch),
                                   **{k: v / len(train_split) for k, v in sums.items()}}
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
             student.eval()
-            row = evaluate(student, val_split, ["clean", "pgd_trades"], eps=cfg.attack.eps, seed=cfg.seed)
+            row = evaluate(student, val_shard, ["clean", "pgd_trades"], eps=cfg.attack.eps, seed=cfg.seed)
+            row = dist_lib.pooled_accuracy(row, ["clean", "pgd_trades"], len(val_shard), ctx, device)
             student.train()
             record |= {"val_clean": row["clean"], "val_pgd_trades": row["pgd_trades"]}
             score = row[cfg.select_by]
             if score > best["score"]:
                 best = {"epoch": epoch, "score": score}
-                save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
-                     out / "best.pt")
+                if ctx.is_main:
+                    save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
+                         out / "best.pt")
         record["seconds"] = round(time.perf_counter() - began, 3)
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_pgd_trades', float('nan')):.1f}")
 
         # --- checkpoint, then the log line (on resume the log is rewritten from the checkpoint)
-        save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-              "history": history, "best": best, "meta": meta}, last_path)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if ctx.is_main:
+            save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                  "history": history, "best": best, "meta": meta}, last_path)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         start = epoch
     bar.close()
     return history

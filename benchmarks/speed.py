@@ -1,0 +1,315 @@
+"""The kit's RSLAD step against the official loop's structure (benchmarks/official_loop.py), in one run.
+
+    OMP_NUM_THREADS=1 python benchmarks/speed.py classroom   # digits, cnn-w4 student, cnn-w16 teacher (CPU)
+    OMP_NUM_THREADS=2 python benchmarks/speed.py large       # ResNet-18 + WRN-16-4, CIFAR-shaped (CPU)
+    OMP_NUM_THREADS=1 python benchmarks/speed.py scaling     # epoch time vs PGD steps and vs dataset size
+    python benchmarks/speed.py gpu                           # ResNet-18 + WRN-34-10 on a GPU (needs CUDA)
+
+Prints Markdown rows; docs/benchmarks.md keeps measured copies with the machine and commit. Both
+loops see the same models, data sizes, batch size and attack; "images/s" counts training images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import official_loop
+from rslad_kit import data, gpu, models, reproduce
+from rslad_kit.config import TrainConfig, preset
+from rslad_kit.models import WideResNet
+from rslad_kit.train import train_step
+
+CIFAR_TRAIN = 49_000   # CIFAR-10's training images less the 1,000 held out for validation
+
+
+def machine() -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
+    return (f"machine: {device}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} thread(s), commit {commit}")
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+# --- the two loops ---------------------------------------------------------------------------------
+
+def kit_images_per_s(student, teacher, split: data.Split, cfg: TrainConfig, batches: int, padding: int,
+                     warmup: int = 1) -> float:
+    """The kit's loop (TensorLoader + train_step), timed over `batches` after `warmup` batches."""
+    from rslad_kit import graphs
+    from rslad_kit.train import inner_objective
+
+    if cfg.channels_last:
+        student, teacher = (m.to(memory_format=torch.channels_last) for m in (student, teacher))
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    graphed = None
+    if cfg.cuda_graphs:
+        graphed = graphs.GraphedPGD(student, cfg.attack,
+                                    lambda x, y, t: inner_objective("kl_teacher", student, x, y, t), bf16=cfg.bf16)
+    loader = data.TensorLoader(split, cfg.batch_size, augment=True, padding=padding, flip=True, drop_last=True)
+    seen, start = 0, None
+    for i, (x, y) in enumerate(loader.epoch(1)):
+        if i == warmup:
+            _sync()
+            start, seen = time.perf_counter(), 0
+        if i >= warmup + batches:
+            break
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        train_step(student, teacher, optimizer, x, y, cfg, num_classes=10, attack=graphed)
+        seen += len(y)
+    _sync()
+    return seen / (time.perf_counter() - start)
+
+
+def official_images_per_s(student, teacher, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
+                          batches: int, padding: int, workers: int, device, warmup: int = 1) -> float:
+    batches_iter = official_loop.loader(images, labels, cfg.batch_size, padding, workers)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    a = cfg.attack
+    run = dict(eps=a.eps, step_size=a.step_size, steps=a.steps)
+    it = iter(batches_iter)
+    official_loop.train_epoch(student, teacher, optimizer, it, device, **run, max_batches=warmup)
+    _sync()
+    start = time.perf_counter()
+    seen = official_loop.train_epoch(student, teacher, optimizer, it, device, **run, max_batches=batches)
+    _sync()
+    return seen / (time.perf_counter() - start)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def as_uint8(split: data.Split) -> tuple[np.ndarray, np.ndarray]:
+    """A split as the uint8 HWC arrays torchvision's CIFAR10 holds."""
+    images = (split.x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return images, split.y.numpy()
+
+
+def synthetic_cifar(n: int, seed: int = 0) -> data.Split:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8).float() / 255
+    return data.Split(x, torch.randint(0, 10, (n,), generator=g))
+
+
+def fresh(name_or_model, num_classes=10, in_channels=3, device="cpu", seed=0):
+    torch.manual_seed(seed)
+    model = models.build(name_or_model, num_classes, in_channels=in_channels) if isinstance(name_or_model, str) \
+        else name_or_model
+    return model.to(device)
+
+
+def wrn_16_4(in_channels=3):
+    return models.Normalized(WideResNet(depth=16, widen_factor=4, num_classes=10, in_channels=in_channels),
+                             models.CIFAR10_MEAN, models.CIFAR10_STD)
+
+
+# --- parts -----------------------------------------------------------------------------------------
+
+def part_classroom(args) -> None:
+    """The classroom models on a CPU: one full epoch of the digits, each loop twice."""
+    ds = data.load("digits")
+    cfg = preset("classroom", "rslad", teacher="x")
+    images, labels = as_uint8(ds.train)
+    n_batches = len(ds.train) // cfg.batch_size - 1
+    print("| loop (classroom: cnn-w4 student, cnn-w16 teacher, digits, PGD-5, batch 128) | images/s | ratio |")
+    print("|---|---|---|")
+    rows = {}
+    for rep in range(args.repeats):
+        rows.setdefault("official", []).append(official_images_per_s(
+            fresh("cnn-w4", in_channels=1), fresh("cnn-w16", in_channels=1).eval(), images, labels, cfg,
+            n_batches, ds.crop_padding, args.loader_workers, "cpu"))
+        for name, variant in (("kit", cfg), ("kit, channels_last", replace(cfg, channels_last=True))):
+            rows.setdefault(name, []).append(kit_images_per_s(
+                fresh("cnn-w4", in_channels=1), fresh("cnn-w16", in_channels=1).eval().requires_grad_(False),
+                ds.train, variant, n_batches, ds.crop_padding))
+    _print_rows(rows, f"official structure (PIL loader, {args.loader_workers} workers, DataParallel)")
+
+
+def _print_rows(rows: dict[str, list[float]], official_label: str) -> None:
+    base = max(rows["official"])
+    for name, values in rows.items():
+        label = official_label if name == "official" else name
+        print(f"| {label} | {max(values):,.0f} | {max(values) / base:.2f} |")
+
+
+def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def forward_gflop(model, x) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def step_gflop(student, teacher, x, cfg) -> float:
+    """The useful work of one RSLAD step: a teacher forward; per attack step a student forward and an
+    input gradient (about one forward more); two outer forwards and a full backward (two forwards)."""
+    f_s, f_t = forward_gflop(student, x), forward_gflop(teacher, x)
+    return f_t + cfg.attack.steps * 2 * f_s + 2 * f_s + 2 * f_s
+
+
+def part_large(args) -> None:
+    """ResNet-18 student, WRN-16-4 teacher, CIFAR-shaped data, PGD-10: compute-bound on a CPU."""
+    cfg = preset("cifar10", "rslad", teacher="x", batch_size=args.batch)
+    split = synthetic_cifar(args.batch * (args.batches + 2))
+    images, labels = as_uint8(split)
+    peak = matmul_gflops()
+    student, teacher = fresh("resnet18"), fresh(wrn_16_4()).eval().requires_grad_(False)
+    gflop = step_gflop(student, teacher, split.x[: args.batch], cfg)
+    rows = {"official": [], "kit": [], "kit, channels_last": []}
+    for _ in range(args.repeats):
+        rows["official"].append(official_images_per_s(fresh("resnet18"), fresh(wrn_16_4()).eval(), images, labels,
+                                                      cfg, args.batches, 4, 0, "cpu"))
+        for name, variant in (("kit", cfg), ("kit, channels_last", replace(cfg, channels_last=True))):
+            rows[name].append(kit_images_per_s(fresh("resnet18"), fresh(wrn_16_4()).eval().requires_grad_(False),
+                                               split, variant, args.batches, 4))
+    print(f"| loop (ResNet-18 + WRN-16-4, batch {args.batch}, PGD-10, {args.batches} timed steps) "
+          "| images/s | ratio | GFLOP/s | of the matmul peak |")
+    print("|---|---|---|---|---|")
+    base = max(rows["official"])
+    for name, values in rows.items():
+        rate = max(values) * gflop / args.batch
+        label = "official structure (PIL loader in-process, DataParallel)" if name == "official" else name
+        print(f"| {label} | {max(values):.1f} | {max(values) / base:.2f} | {rate:.1f} | {rate / peak:.0%} |")
+    print(f"\none step: {gflop:.0f} GFLOP (forwards counted by FlopCounterMode, backwards as in step_gflop); "
+          f"fp32 matmul peak (1024^2, this run): {peak:.1f} GFLOP/s")
+
+
+def part_scaling(args) -> None:
+    """Kit epoch time against PGD steps and against the number of training images (classroom)."""
+    ds = data.load("digits")
+    cfg = preset("classroom", "rslad", teacher="x")
+    teacher = fresh("cnn-w16", in_channels=1).eval().requires_grad_(False)
+
+    def seconds(cfg, split):
+        rate = max(kit_images_per_s(fresh("cnn-w4", in_channels=1), teacher, split, cfg,
+                                    len(split) // cfg.batch_size - 1, ds.crop_padding)
+                   for _ in range(args.repeats))
+        return len(split) / rate
+
+    seconds(cfg, ds.train)   # warm-up: the first epoch in a process pays one-off costs
+
+    print(f"| PGD steps | seconds per epoch ({len(ds.train):,} images) |\n|---|---|")
+    for steps in (1, 2, 5, 10, 20):
+        print(f"| {steps} | {seconds(replace(cfg, attack=replace(cfg.attack, steps=steps)), ds.train):.3f} |")
+    print("\n| training images | seconds per epoch (PGD-5) |\n|---|---|")
+    big = data.Split(ds.train.x.repeat(4, 1, 1, 1), ds.train.y.repeat(4))
+    for n in (800, 1600, 3200, 6400):
+        print(f"| {n} | {seconds(cfg, data.Split(big.x[:n], big.y[:n])):.3f} |")
+
+
+def _gpu_worker(batches: int, settings: dict, queue) -> None:
+    torch.cuda.init()
+    cfg = replace(preset("cifar10", "rslad", teacher="x"), **settings)
+    split = synthetic_cifar(cfg.batch_size * (batches + 4)).to("cuda")
+    queue.put(kit_images_per_s(fresh("resnet18", device="cuda"),
+                               fresh("wrn-34-10", device="cuda").eval().requires_grad_(False),
+                               split, cfg, batches, 4, warmup=3))
+
+
+def part_gpu(args) -> None:
+    """ResNet-18 + WRN-34-10 on one GPU: images/s, seconds per epoch, the 300-epoch row, the plan."""
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu: no CUDA device here; docs/benchmarks.md lists these rows as unmeasured")
+    dev = torch.device("cuda")
+    cfg = preset("cifar10", "rslad", teacher="x")
+    split = synthetic_cifar(cfg.batch_size * (args.batches + 4))
+    images, labels = as_uint8(split)
+    split = split.to(dev)
+    variants = {
+        "kit fp32": {},
+        "kit bf16 + channels_last (student and teacher)": dict(bf16=True, channels_last=True),
+        "kit fp32 + CUDA-graph attack": dict(cuda_graphs=True),
+        "kit bf16 + channels_last + CUDA-graph attack": dict(bf16=True, channels_last=True, cuda_graphs=True),
+        "kit fp32, deterministic": dict(deterministic=True),
+    }
+    rows = {"official": [official_images_per_s(fresh("resnet18", device=dev), fresh("wrn-34-10", device=dev).eval(),
+                                               images, labels, cfg, args.batches, 4, 2, dev, warmup=3)]}
+    for name, settings in variants.items():
+        gpu.set_deterministic(settings.get("deterministic", False))
+        rows[name] = [kit_images_per_s(fresh("resnet18", device=dev),
+                                       fresh("wrn-34-10", device=dev).eval().requires_grad_(False), split,
+                                       replace(cfg, **settings), args.batches, 4, warmup=3)]
+    gpu.set_deterministic(False)
+    print("| loop (ResNet-18 + WRN-34-10, batch 128, PGD-10) | images/s | ratio | s / CIFAR-10 epoch "
+          "| 300-epoch RSLAD row (h) |\n|---|---|---|---|---|")
+    base = rows["official"][0]
+    for name, (rate,) in rows.items():
+        label = "official structure (PIL loader, 2 workers, DataParallel)" if name == "official" else name
+        print(f"| {label} | {rate:,.0f} | {rate / base:.2f} | {CIFAR_TRAIN / rate:.0f} | "
+              f"{300 * CIFAR_TRAIN / rate / 3600:.2f} |")
+
+    best = max(variants, key=lambda k: rows[k][0])
+    print(f"\n| {best}: workers on this GPU | total images/s |\n|---|---|")
+    context = multiprocessing.get_context("spawn")
+    for n in (1, 2, 4):
+        queue = context.Queue()
+        procs = [context.Process(target=_gpu_worker, args=(args.batches, variants[best], queue)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        total = sum(queue.get() for _ in procs)
+        for p in procs:
+            p.join()
+        print(f"| {n} | {total:,.0f} |")
+    print(f"MPS running: {gpu.mps_running()}")
+
+    plan = reproduce.build_plan("cifar10")
+    rslad = reproduce.estimate_cost(preset("cifar10", "rslad"))
+    for name, rate in ((name, rows[name][0]) for name in ("official", best)):
+        total = sum(reproduce.estimate_cost(c) / rslad * 300 * CIFAR_TRAIN / rate for c in plan.runs.values())
+        print(f"whole CIFAR-10 plan ({len(plan.runs)} training runs, one at a time), {name}: "
+              f"{total / 3600:.0f} GPU-hours (scaled from the RN-18 RSLAD rate by reproduce.estimate_cost)")
+
+    print("\n| batch size | peak GPU memory (GiB), kit fp32 step |\n|---|---|")
+    for batch in (64, 128, 256, 512):
+        torch.cuda.reset_peak_memory_stats()
+        kit_images_per_s(fresh("resnet18", device=dev), fresh("wrn-34-10", device=dev).eval().requires_grad_(False),
+                         synthetic_cifar(batch * 3).to(dev), replace(cfg, batch_size=batch), 1, 4)
+        print(f"| {batch} | {torch.cuda.max_memory_allocated() / 2**30:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("classroom", "large", "scaling", "gpu"))
+    parser.add_argument("--repeats", type=int, default=2, help="each loop this often; the best run counts")
+    parser.add_argument("--batches", type=int, default=2, help="timed batches (large, gpu)")
+    parser.add_argument("--batch", type=int, default=32, help="batch size (large)")
+    parser.add_argument("--loader-workers", type=int, default=2, help="the official DataLoader's workers (classroom)")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    # the deterministic GPU variant needs this before CUDA starts (it fixes cuBLAS's workspace for all)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", gpu.CUBLAS_WORKSPACE)
+    print(machine() + "\n")
+    {"classroom": part_classroom, "large": part_large, "scaling": part_scaling, "gpu": part_gpu}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Process-wide GPU settings: deterministic kernels, several workers per GPU, and NVIDIA MPS.
+
+What is exact without `deterministic`: on a CPU, everything (the loader and every epoch's randomness
+are seeded from (seed, epoch), and CPU kernels do not race), so a resumed run is bitwise equal to an
+uninterrupted one. On a GPU, the batches, augmentations and random starts are still the same, but
+cuDNN picks convolution algorithms and some backward kernels add with atomics, so the weights drift
+apart in the last bits after the first step and resume is equal only statistically. `deterministic`
+makes the GPU path bitwise repeatable as well (measured cost: docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+from rslad_kit.errors import UserError
+
+CUBLAS_WORKSPACE = ":4096:8"   # cuBLAS needs a fixed workspace for deterministic GEMMs (or ":16:8")
+MPS_PIPE_DIR = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels on (or torch's defaults back), for this whole process.
+
+    cuBLAS reads CUBLAS_WORKSPACE_CONFIG when CUDA starts: it is set here if CUDA has not started yet,
+    else it must already be in the environment (export it before launching Python).
+    """
+    if on and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+        if torch.cuda.is_initialized():
+            raise UserError("deterministic=True needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts; "
+                            f"export CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} and rerun")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = on
+    # warn_only: an op without a deterministic CUDA kernel warns (naming itself) instead of stopping
+    # a long run; the kit's models and losses use none (tests/test_gpu.py checks resume on a GPU).
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
+# --- several workers per GPU ----------------------------------------------------------------------
+
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pin_worker(slot: int, gpus: int) -> None:
+    """Give worker number `slot` (1-based) one GPU, round robin, before it starts CUDA."""
+    if gpus > 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str((slot - 1) % gpus)
+
+
+def mps_running() -> bool:
+    """Whether an NVIDIA MPS control daemon or server is up (its process, or its pipe directory)."""
+    if shutil.which("pgrep"):
+        found = subprocess.run(["pgrep", "-x", "nvidia-cuda-mps-server|nvidia-cuda-mps-control"],
+                               capture_output=True).returncode == 0
+        if found:
+            return True
+    return (MPS_PIPE_DIR / "control").exists()
+
+
+def mps_note(workers_per_gpu: int) -> str:
+    """One line on MPS for a run with `workers_per_gpu` processes on each GPU."""
+    if mps_running():
+        return f"NVIDIA MPS is running: the {workers_per_gpu} workers on each GPU share it concurrently"
+    return (f"NVIDIA MPS is not running: {workers_per_gpu} workers per GPU time-slice; with 4 or more, start it "
+            "with `nvidia-cuda-mps-control -d` (README: several runs per GPU)")

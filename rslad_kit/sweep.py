@@ -1,0 +1,122 @@
+"""`rslad-kit sweep`: a `reproduce` plan's tasks as submitit jobs, on this machine or on a Slurm cluster.
+
+The plan, its tasks and how each task runs and resumes are `reproduce`'s (build_plan, Plan.tasks,
+run_task); submitit only decides where a task runs. Tasks go out in waves: a wave holds the tasks
+whose prerequisites (the teachers, the surrogate) are done, so students wait for their teacher.
+Tasks whose results are on disk are not submitted again.
+
+Each job is `Job()(task, plan)`, a `submitit.helpers.Checkpointable`: when Slurm preempts it or its
+time limit comes, submitit requeues the same call, and `run_task` resumes the run from its last.pt
+(and AutoAttack from its state file). Example, one GPU per job on partition `gpu`:
+
+    rslad-kit sweep --preset cifar10 --executor slurm --partition gpu --timeout-min 1440 --parallel 16
+
+`--executor local` runs the same jobs as processes here (at most `--parallel` at a time); logs of
+every job are under `<out>/<preset>/submitit/`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+import torch
+from tqdm.auto import tqdm
+
+from rslad_kit import train
+from rslad_kit.errors import UserError
+from rslad_kit.reproduce import Plan, Task, build_plan, run_task
+
+EXECUTORS = ("local", "slurm", "debug")   # debug: in this process, for stepping through a job
+
+
+class Job(submitit.helpers.Checkpointable):
+    """One plan task as a submitit job; `checkpoint` (inherited) requeues the same call on preemption."""
+
+    def __call__(self, task: Task, plan: Plan, threads: int = 1) -> str:
+        torch.set_num_threads(threads)
+        run_task(task, plan, progress=False)
+        return task.name
+
+
+def is_done(task: Task, plan: Plan) -> bool:
+    """Whether the task's result is already on disk (a finished run, or every attack evaluated)."""
+    if task.kind == "train":
+        return train.is_finished(plan.out / "runs" / task.name)
+    path = plan.out / "evals" / f"{task.name.removeprefix('eval:')}.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    return all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items())
+
+
+def waves(tasks: list[Task]) -> list[list[Task]]:
+    """The tasks in groups, each group needing only tasks of earlier groups."""
+    names = {t.name for t in tasks}
+    placed: set[str] = set()
+    groups: list[list[Task]] = []
+    pending = list(tasks)
+    while pending:
+        group = [t for t in pending if set(t.needs) & names <= placed]
+        if not group:
+            raise UserError(f"the plan's tasks wait on each other in a cycle: {', '.join(t.name for t in pending)}")
+        groups.append(group)
+        placed |= {t.name for t in group}
+        pending = [t for t in pending if t.name not in placed]
+    return groups
+
+
+def executor(kind: str, folder: Path, *, timeout_min: int, partition: str | None = None, gpus: int = 0,
+             cpus: int = 1, parallel: int = 4, **slurm: Any) -> submitit.AutoExecutor:
+    """A submitit executor for `kind` (local, slurm, debug), writing its logs to `folder`."""
+    if kind not in EXECUTORS:
+        raise UserError(f"unknown executor {kind!r}; choose from {', '.join(EXECUTORS)}")
+    if kind == "slurm" and shutil.which("srun") is None:
+        raise UserError("--executor slurm: no Slurm here (srun not found); "
+                        "run on the cluster's login node, or use --executor local")
+    ex = submitit.AutoExecutor(folder=folder, cluster=kind)
+    ex.update_parameters(timeout_min=timeout_min, gpus_per_node=gpus, cpus_per_task=cpus, name="rslad-kit")
+    if kind == "slurm":
+        ex.update_parameters(slurm_partition=partition, slurm_array_parallelism=parallel,
+                             **{f"slurm_{k}": v for k, v in slurm.items()})
+    return ex
+
+
+def dispatch(plan: Plan, ex: submitit.AutoExecutor, *, parallel: int = 4, threads: int = 1,
+             progress: bool = True) -> list[str]:
+    """Submit the plan's unfinished tasks wave by wave and wait for them; returns the submitted names."""
+    submitted: list[str] = []
+    todo = [t for t in plan.tasks() if not is_done(t, plan)]
+    bar = tqdm(total=len(todo), desc=f"sweep {plan.preset}", disable=not progress, dynamic_ncols=True)
+    for wave in waves(todo):
+        # Slurm throttles an array itself; the local executor starts every job it is given at once.
+        chunk = len(wave) if ex.cluster == "slurm" else max(1, parallel)
+        for start in range(0, len(wave), chunk):
+            part = wave[start:start + chunk]
+            with ex.batch():
+                jobs = [ex.submit(Job(), task, plan, threads) for task in part]
+            for job, task in zip(jobs, part):
+                job.result()   # re-raises the job's error, with its log path
+                submitted.append(task.name)
+                bar.update()
+    bar.close()
+    return submitted
+
+
+def run(p: str, *, out: str | Path = "results", kind: str = "local", seeds: int | None = None,
+        tables: tuple[int, ...] | None = None, full: bool = False, methods: tuple[str, ...] | None = None,
+        timeout_min: int = 24 * 60, partition: str | None = None, gpus: int | None = None, parallel: int = 4,
+        threads: int = 1, progress: bool = True, **overrides: Any) -> Path:
+    """Build preset `p`'s plan, run its tasks through submitit, and write the report."""
+    from rslad_kit import report
+
+    plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
+    gpus = (1 if kind == "slurm" else 0) if gpus is None else gpus
+    ex = executor(kind, plan.out / "submitit", timeout_min=timeout_min, partition=partition, gpus=gpus,
+                  cpus=threads, parallel=parallel)
+    started = time.perf_counter()
+    dispatch(plan, ex, parallel=parallel, threads=threads, progress=progress)
+    report.write(plan, seconds=time.perf_counter() - started)
+    return plan.out

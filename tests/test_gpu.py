@@ -1,0 +1,123 @@
+"""GPU switches: deterministic kernels, CUDA-graph attacks, channels_last, workers per GPU.
+
+The CUDA tests skip on a machine without a GPU; the rest check the switches' contracts on a CPU.
+"""
+
+import os
+
+import pytest
+import torch
+
+from rslad_kit import UserError, cli, gpu, train
+from rslad_kit import attacks as atk
+from rslad_kit.config import AttackConfig, preset
+from rslad_kit.graphs import GraphedPGD
+from rslad_kit.losses import METHODS
+from rslad_kit.models import build
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def batch(n=32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device)
+
+
+def test_deterministic_sets_the_kernels_and_off_restores_the_defaults():
+    try:
+        gpu.set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        gpu.set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
+def test_cuda_graphs_without_cuda_is_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError, match="cuda_graphs needs a CUDA device"):
+        train.train(preset("smoke", "sat", cuda_graphs=True), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_mps_note_is_one_line():
+    note = gpu.mps_note(4)
+    assert "\n" not in note and "MPS" in note
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].needs_teacher])
+def test_teacher_sees_the_clean_batch_once_per_step(method):
+    """The soft labels on the clean batch are shared by the attack and the loss."""
+    x, y = batch()
+    calls = []
+    teacher = build("cnn-w4", 10, in_channels=1).eval().requires_grad_(False)
+    teacher.register_forward_hook(lambda m, inputs, out: calls.append(torch.equal(inputs[0], x)))
+    student = build("cnn-w4", 10, in_channels=1)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
+    train.train_step(student, teacher, optimizer, x, y, preset("smoke", method), num_classes=10)
+    assert calls.count(True) == 1
+
+
+# --- on a GPU --------------------------------------------------------------------------------------
+
+def _student(device):
+    torch.manual_seed(0)
+    return build("cnn-w4", 10, in_channels=1).to(device)
+
+
+@cuda
+def test_graphed_attack_equals_eager_in_fp32_with_deterministic_kernels():
+    gpu.set_deterministic(True)
+    try:
+        model, (x, y) = _student("cuda"), batch(device="cuda")
+        a = AttackConfig(eps=0.2, step_size=0.08, steps=5, random_start="none")
+        graphed = GraphedPGD(model, a, lambda x, y, t: atk.ce(y))
+        eager = atk.pgd(model, x, atk.ce(y), eps=a.eps, step_size=a.step_size, steps=a.steps, random_start="none")
+        assert torch.equal(graphed(x, y, None), eager)
+        x2, y2 = batch(device="cuda", seed=1)   # a new batch through the same graph
+        eager2 = atk.pgd(model, x2, atk.ce(y2), eps=a.eps, step_size=a.step_size, steps=a.steps, random_start="none")
+        assert torch.equal(graphed(x2, y2, None), eager2)
+        x3, y3 = x2[:7], y2[:7]                 # the epoch's last, smaller batch: its own graph
+        eager3 = atk.pgd(model, x3, atk.ce(y3), eps=a.eps, step_size=a.step_size, steps=a.steps, random_start="none")
+        assert torch.equal(graphed(x3, y3, None), eager3) and len(graphed.graphs) == 2
+    finally:
+        gpu.set_deterministic(False)
+
+
+@cuda
+def test_graphed_attack_in_bf16_stays_in_the_ball_and_near_eager():
+    model, (x, y) = _student("cuda"), batch(device="cuda")
+    a = AttackConfig(eps=0.2, step_size=0.08, steps=5)   # Gaussian start, drawn inside the graph
+    x_adv = GraphedPGD(model, a, lambda x, y, t: atk.ce(y), bf16=True)(x, y, None)
+    assert (x_adv - x).abs().max() <= a.eps + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = atk.pgd(model, x, atk.ce(y), eps=a.eps, step_size=a.step_size, steps=a.steps, random_start="normal")
+    # bf16 sign steps flip where a gradient is near zero; most pixels land on the same corner
+    assert (x_adv - eager).abs().le(1e-3).float().mean() > 0.8
+
+
+@cuda
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_with_graphs_and_channels_last_runs(tmp_path, bf16):
+    cfg = preset("smoke", "trades", cuda_graphs=True, channels_last=True, bf16=bf16, device="cuda")
+    history = train.train(cfg, tmp_path / "run", progress=False)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+
+
+def test_workers_spread_over_the_gpus_round_robin(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    seen = []
+    for slot in range(1, 6):
+        gpu.pin_worker(slot, 2)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["0", "1", "0", "1", "0"]
+
+
+def test_workers_per_gpu_without_a_gpu_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--workers-per-gpu", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--workers-per-gpu needs CUDA" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

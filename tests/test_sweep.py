@@ -1,0 +1,71 @@
+"""`rslad-kit sweep`: a plan's tasks as submitit jobs (the local executor: processes on this machine)."""
+
+import os
+
+import pytest
+import submitit
+
+from rslad_kit import UserError, reproduce, sweep, train
+
+
+@pytest.fixture
+def plan(tmp_path):
+    """The smoke plan cut to one teacher-free run and one cheap evaluation: the dispatch, not the work."""
+    plan = reproduce.build_plan("smoke", tmp_path, seeds=1, tables=(3,), methods=("natural",))
+    plan.runs = {name: cfg for name, cfg in plan.runs.items() if name == "cnn-w4-natural-s0"}
+    plan.evaluations = {"cnn-w4-natural-s0": {"best": {"clean"}}}
+    return plan
+
+
+def test_local_jobs_run_the_plan_in_dependency_order_and_skip_finished_work(plan):
+    ex = sweep.executor("local", plan.out / "submitit", timeout_min=5)
+    assert sweep.dispatch(plan, ex, progress=False) == ["cnn-w4-natural-s0", "eval:cnn-w4-natural-s0"]
+    assert train.is_finished(plan.out / "runs" / "cnn-w4-natural-s0")
+    assert (plan.out / "evals" / "cnn-w4-natural-s0.json").is_file()
+    assert sweep.dispatch(plan, ex, progress=False) == []
+
+
+def test_a_preempted_job_is_requeued_with_the_same_task(plan):
+    task = plan.tasks()[0]
+    resubmission = sweep.Job().checkpoint(task, plan, 1)
+    assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
+    assert resubmission.args == (task, plan, 1)
+
+
+def test_students_wait_for_their_teacher():
+    plan = reproduce.build_plan("smoke", seeds=1, tables=(3,), methods=("rslad",))
+    waves = [[t.name for t in wave] for wave in sweep.waves(plan.tasks())]
+    first = waves.index(next(w for w in waves if "teacher" in w))
+    assert any("cnn-w4-rslad-s0" in w for w in waves[first + 1:])
+
+
+def test_unknown_executor_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="unknown executor"):
+        sweep.executor("kubernetes", tmp_path, timeout_min=1)
+
+
+def test_cli_sweep_with_an_unknown_executor_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from rslad_kit import cli
+
+    code = cli.main(["sweep", "--preset", "smoke", "--executor", "kubernetes", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown executor" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_slurm_jobs_get_the_partition_time_limit_and_one_gpu(tmp_path, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    ex = sweep.executor("slurm", tmp_path / "logs", timeout_min=90, partition="gpu", gpus=1, cpus=4, parallel=16)
+    params = ex._executor.parameters   # what submitit writes into the sbatch file
+    assert params["partition"] == "gpu" and params["time"] == 90 and params["gpus_per_node"] == 1
+    assert params["cpus_per_task"] == 4 and params["array_parallelism"] == 16
+
+
+def test_slurm_without_slurm_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="srun not found"):
+        sweep.executor("slurm", tmp_path, timeout_min=1)
