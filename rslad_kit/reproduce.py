@@ -74,6 +74,7 @@ class Plan:
     runs: dict[str, TrainConfig] = field(default_factory=dict)
     rows: dict[tuple[int, str, str], list[str]] = field(default_factory=dict)  # (table, student, row) -> runs
     evaluations: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # run -> ckpt -> attacks
+    zoo: dict[str, str] = field(default_factory=dict)  # evaluated from a zoo file: run -> robustbench:<name>
 
     # --- building ------------------------------------------------------------------------------------
 
@@ -228,6 +229,8 @@ def _dataset(name: str, root: str, val_size: int | None, image_size: int | None)
 def _load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
     if run == "teacher" and run not in plan.runs:   # a zoo teacher, read from its file
         return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir).to(device)
+    if run in plan.zoo:
+        return models.load_teacher(plan.zoo[run], plan.dataset, plan.base.model_dir).to(device)
     return train.load_model(plan.out / "runs" / run / f"{ckpt}.pt").to(device)
 
 

@@ -1,0 +1,493 @@
+"""Every figure: a function that draws data (or models' outputs) and returns a matplotlib `Figure`.
+
+The paper's Figures 2-4 (attention maps, soft labels, which teacher) and the kit's own plots (training
+curves, robustness against clean accuracy, adversarial examples, robustness against eps). No function
+here trains, saves or shows: the caller decides (`fig.savefig`, or a notebook displays it).
+`write_all` is the one exception, the command behind `rslad-kit figures`: it reads a finished
+`reproduce` folder and writes every figure as PNG and PDF.
+
+One style everywhere: seaborn's "talk" context (readable on a projector), white grid, and a fixed
+colour per method (`COLORS`), the same in every figure and colour-blind safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from rslad_kit import attacks, data, evaluate, models, reproduce, saliency, train
+from rslad_kit import teacher_study as study_lib
+from rslad_kit.config import PRESETS
+from rslad_kit.errors import UserError
+
+# seaborn's colour-blind palette, one colour per method, fixed so a method looks the same everywhere.
+_PALETTE = sns.color_palette("colorblind", 10)
+COLORS: dict[str, tuple[float, float, float]] = {
+    "teacher": (0.15, 0.15, 0.15),
+    "natural": _PALETTE[7],
+    "sat": _PALETTE[0],
+    "trades": _PALETTE[8],
+    "mart": _PALETTE[4],
+    "ard": _PALETTE[1],
+    "iad": _PALETTE[2],
+    "rslad": _PALETTE[3],
+    # Figure 3's soft labels: RSL is RSLAD's own, NSL comes from the natural teacher
+    "RSL": _PALETTE[3],
+    "NSL": _PALETTE[7],
+    "SSL": _PALETTE[9],
+}
+LABELS = {"teacher": "Teacher", "natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART",
+          "ard": "ARD", "iad": "IAD", "rslad": "RSLAD"}
+ATTACK_LABELS = {"clean": "clean", "pgd_trades": "PGD_TRADES", "autoattack": "AutoAttack", "pgd_sat": "PGD_SAT",
+                 "fgsm": "FGSM", "cw": "CW∞"}
+FIGURE2_ROWS = ("teacher", "ard", "iad", "rslad", "sat")   # the paper's rows, plus SAT for contrast
+
+
+def color(name: str) -> tuple[float, float, float]:
+    """The colour of a method (or soft-label type); other names get a stable colour of their own."""
+    return COLORS.get(name) or _PALETTE[sum(map(ord, name)) % len(_PALETTE)]
+
+
+def styled(draw: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Draw under the kit's one style."""
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        with sns.plotting_context("talk", font_scale=0.7), sns.axes_style("whitegrid"):
+            return draw(*args, **kwargs)
+    return wrapper
+
+
+def _figure(rows: int, cols: int, width: float, height: float, **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    return fig, np.atleast_2d(fig.subplots(rows, cols, squeeze=False, **kwargs))
+
+
+def _image(x: Tensor) -> np.ndarray:
+    """(C, H, W) in [0,1] -> what imshow takes."""
+    x = x.detach().cpu()
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
+
+
+def _label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+# --- Figure 2: attention and saliency maps ---------------------------------------------------------
+
+@styled
+def attention_maps(maps: Mapping[str, Mapping[str, Tensor]], *, images: int = 4, title: str | None = None) -> Figure:
+    """Rows: models (e.g. teacher, ARD, IAD, RSLAD, SAT); for each of the first `images` examples, the
+    Grad-CAM map over the adversarial image and the SmoothGrad map. `maps[name]` is
+    `saliency.adversarial_maps`' output."""
+    names = list(maps)
+    fig, axes = _figure(len(names), 2 * images, 1.3, 1.4)
+    for r, name in enumerate(names):
+        m = maps[name]
+        for i in range(images):
+            cam_ax, sal_ax = axes[r, 2 * i], axes[r, 2 * i + 1]
+            cam_ax.imshow(_image(m["x_adv"][i]), cmap="gray", vmin=0, vmax=1)
+            cam_ax.imshow(m["gradcam"][i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            sal_ax.imshow(m["smoothgrad"][i], cmap="magma")
+            if r == 0:
+                cam_ax.set_title(f"#{i + 1} Grad-CAM", fontsize="small")
+                sal_ax.set_title(f"#{i + 1} SmoothGrad", fontsize="small")
+        axes[r, 0].set_ylabel(_label(name), color=color(name), fontweight="bold")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    fig.suptitle(title or "Attention (Grad-CAM) and saliency (SmoothGrad) maps on adversarial examples")
+    return fig
+
+
+@styled
+def map_similarity(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
+    """The number beside Figure 2: each student's mean rank correlation with the teacher's maps, with
+    its 95% interval, one panel per map kind. `rows` come from `saliency.similarity_rows`."""
+    kinds = ("gradcam", "smoothgrad")
+    fig, axes = _figure(1, 2, 4.2, 3.2, sharey=True)
+    for ax, kind in zip(axes[0], kinds):
+        sel = [r for r in rows if r["map"] == kind]
+        names = [r["student"] for r in sel]
+        means = np.array([r["mean"] for r in sel])
+        err = np.array([[r["mean"] - r["low"], r["high"] - r["mean"]] for r in sel]).T.reshape(2, -1)
+        ax.bar(range(len(sel)), means, color=[color(n) for n in names], yerr=np.nan_to_num(err), capsize=4)
+        ax.set_xticks(range(len(sel)), [_label(n) for n in names])
+        ax.set_title("Grad-CAM" if kind == "gradcam" else "SmoothGrad")
+        ax.axhline(0, color="black", linewidth=0.8)
+    axes[0, 0].set_ylabel("Spearman correlation with the teacher")
+    seeds = max((r["seeds"] for r in rows), default=1)
+    images = max((r["images"] for r in rows), default=0)
+    fig.suptitle(title or f"How alike are the student's and the teacher's maps? "
+                          f"(mean, 95% interval; {images} images, {seeds} seed(s))")
+    return fig
+
+
+# --- Figure 3: soft labels -------------------------------------------------------------------------
+
+@styled
+def soft_labels(probs: Mapping[str, Tensor], y: Tensor, classes: Sequence[int], class_names: Sequence[str],
+                stats: Mapping[str, Mapping[int, Mapping[str, float]]], *, title: str | None = None) -> Figure:
+    """For each class in `classes` (rows) and soft-label type (columns: RSL, NSL, SSL), the spread over
+    that class's test images of the probability given to every class (box plots); each panel's title
+    gives the type's mean entropy and mean true-class probability (`stats[kind][class]`)."""
+    kinds = list(probs)
+    fig, axes = _figure(len(classes), len(kinds), 3.6, 2.8, sharey=True)
+    for r, k in enumerate(classes):
+        for c, kind in enumerate(kinds):
+            ax = axes[r, c]
+            p = probs[kind][y == k].cpu().numpy()
+            ax.boxplot(p, positions=range(p.shape[1]), widths=0.6, patch_artist=True, showfliers=False,
+                       boxprops=dict(facecolor=color(kind), alpha=0.5), medianprops=dict(color="black"))
+            ax.plot(range(p.shape[1]), p.mean(0), "o", color=color(kind), markersize=4)
+            ax.set_xticks(range(p.shape[1]), class_names, rotation=90 if len(class_names[0]) > 2 else 0,
+                          fontsize="x-small")
+            s = stats[kind][k]
+            ax.set_title(f"{kind}, class {class_names[k]}\nH = {s['entropy']:.2f} nats, "
+                         f"p(true) = {s['true_prob']:.2f}", fontsize="small")
+        axes[r, 0].set_ylabel("probability")
+    axes[-1, len(kinds) // 2].set_xlabel("class")
+    fig.suptitle(title or "Soft labels over the classes: robust (RSL), natural (NSL), smoothed (SSL)")
+    return fig
+
+
+# --- Figure 4: which teacher? ----------------------------------------------------------------------
+
+@styled
+def teacher_study(study: Mapping[str, Any]) -> Figure:
+    """Students' robustness (mean, sd and each seed) against each teacher of the ladder, the teachers'
+    own robustness and the SAT student as a line; robust underfitting and saturation shaded. `study`
+    comes from `teacher_study.summarise`; its summary becomes the subtitle."""
+    rows = study["rows"]
+    x = np.arange(len(rows))
+    fig, axes = _figure(1, 1, 7.5, 4.6)
+    ax = axes[0, 0]
+    for i, r in enumerate(rows):
+        if r["teacher"] in study["underfitting"]:
+            ax.axvspan(i - 0.5, i + 0.5, color=_PALETTE[2], alpha=0.12, linewidth=0)
+        if r["teacher"] in study["saturation"]:
+            ax.axvspan(i - 0.5, i + 0.5, color=_PALETTE[3], alpha=0.12, linewidth=0)
+    teacher = [r["teacher_robust"] if r["teacher_robust"] is not None else np.nan for r in rows]
+    ax.plot(x, teacher, "s-", color=color("teacher"), label="teacher")
+    student = [[v for v in r["student_robust"] if v is not None] for r in rows]
+    mean = [np.mean(v) if v else np.nan for v in student]
+    sd = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in student]
+    ax.errorbar(x, mean, yerr=sd, fmt="o-", color=color("rslad"), capsize=4, label="RSLAD student")
+    for i, v in enumerate(student):
+        ax.plot([i] * len(v), v, ".", color=color("rslad"), alpha=0.5)
+    sat = [v for v in study["sat_robust"] if v is not None]
+    if sat:
+        ax.axhline(np.mean(sat), color=color("sat"), linestyle="--", label="SAT student")
+    ax.set_xticks(x, [r["teacher"] + (f"\n{_count(r['params'])}" if r.get("params") else "") for r in rows])
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_xlabel("teacher (parameters)")
+    ax.set_ylabel(f"{ATTACK_LABELS.get(study['attack'], study['attack'])} accuracy (%), eps {study['eps']:.3g}")
+    handles, labels = ax.get_legend_handles_labels()
+    patches = [matplotlib.patches.Patch(color=_PALETTE[2], alpha=0.25, label="robust underfitting"),
+               matplotlib.patches.Patch(color=_PALETTE[3], alpha=0.25, label="robust saturation")]
+    ax.legend(handles + patches, labels + [p.get_label() for p in patches], fontsize="small", loc="best")
+    shape = ("rise and fall, as in the paper" if study["rise_and_fall"] else
+             "no rise and fall (unlike the paper)" if study["rise_and_fall"] is not None else "unfinished")
+    fig.suptitle(f"Which teacher? {study['student']} students on {study['dataset']}\n{shape}")
+    return fig
+
+
+# --- the kit's own plots ---------------------------------------------------------------------------
+
+_NOT_LOSS = {"epoch", "lr", "seconds", "val_clean", "val_pgd_trades"}
+
+
+@styled
+def training_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], *, title: str | None = None) -> Figure:
+    """Each run's loss terms and its validation clean and PGD_TRADES accuracy, per epoch, overlaid.
+    `runs[label]` is the run's `metrics.jsonl` as a list of dicts; a label that starts with a method's
+    name gets that method's colour."""
+    fig, axes = _figure(1, 3, 4.2, 3.2)
+    loss_ax, clean_ax, robust_ax = axes[0]
+    styles = ["-", "--", ":", "-."]
+    for label, records in runs.items():
+        c = color(label.split("-")[0].split(" ")[0])
+        epochs = [r["epoch"] for r in records]
+        terms = [k for k in records[0] if k not in _NOT_LOSS] if records else []
+        for term, ls in zip(terms, styles * 3):
+            loss_ax.plot(epochs, [r.get(term, np.nan) for r in records], ls, color=c, label=f"{label}: {term}")
+        clean_ax.plot(epochs, [r.get("val_clean", np.nan) for r in records], color=c, label=label)
+        robust_ax.plot(epochs, [r.get("val_pgd_trades", np.nan) for r in records], color=c, label=label)
+    loss_ax.set(title="training loss terms", xlabel="epoch", ylabel="loss")
+    clean_ax.set(title="validation: clean", xlabel="epoch", ylabel="accuracy (%)")
+    robust_ax.set(title="validation: PGD_TRADES", xlabel="epoch", ylabel="accuracy (%)")
+    loss_ax.legend(fontsize="xx-small")
+    robust_ax.legend(fontsize="x-small")
+    fig.suptitle(title or "Training curves")
+    return fig
+
+
+@styled
+def robust_vs_clean(points: Mapping[str, Mapping[str, Sequence[float]]], *, attack: str = "pgd_trades",
+                    title: str | None = None) -> Figure:
+    """Each method's robust accuracy against its clean accuracy: the mean over seeds with one standard
+    deviation as error bars (the paper reports single runs). `points[method] = {"clean": [...],
+    "robust": [...]}`, one value per seed."""
+    fig, axes = _figure(1, 1, 5.5, 4.4)
+    ax = axes[0, 0]
+    for name, p in points.items():
+        clean, robust = np.asarray(p["clean"], float), np.asarray(p["robust"], float)
+        if not len(clean) or not len(robust):
+            continue
+        sd = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)
+        ax.errorbar(clean.mean(), robust.mean(), xerr=sd(clean), yerr=sd(robust), fmt="o", capsize=4,
+                    color=color(name), label=f"{_label(name)} (n={len(robust)})")
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel(f"{ATTACK_LABELS.get(attack, attack)} accuracy (%)")
+    ax.legend(fontsize="small")
+    fig.suptitle(title or "Robustness against clean accuracy (mean ± sd over seeds)")
+    return fig
+
+
+@styled
+def adversarial_examples(x: Tensor, x_adv: Tensor, y: Tensor, predictions: Mapping[str, Tensor],
+                         class_names: Sequence[str], *, eps: float, title: str | None = None) -> Figure:
+    """One row per image: the clean image x, the perturbation amplified to the full grey range, the
+    adversarial image x' and what each model predicts on x' (green: all right, red: all wrong)."""
+    fig, axes = _figure(len(x), 4, 1.8, 1.8)
+    for i in range(len(x)):
+        delta = (x_adv[i] - x[i]) / (2 * eps) + 0.5
+        for ax, img, name in zip(axes[i], (x[i], delta, x_adv[i]), ("x", "x' - x (amplified)", "x'")):
+            ax.imshow(_image(img.clamp(0, 1)), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if i == 0:
+                ax.set_title(name, fontsize="small")
+        axes[i, 0].set_ylabel(f"label {class_names[int(y[i])]}", fontsize="small")
+        text = "\n".join(f"{_label(m)}: {class_names[int(p[i])]}" for m, p in predictions.items())
+        ok = [int(p[i]) == int(y[i]) for p in predictions.values()]
+        axes[i, 3].axis("off")
+        axes[i, 3].text(0.0, 0.5, text, transform=axes[i, 3].transAxes, va="center", fontsize="x-small",
+                        color="darkgreen" if all(ok) else "darkred" if not any(ok) else "black")
+    axes[0, 3].set_title("prediction on x'", fontsize="small")
+    fig.suptitle(title or f"Adversarial examples (PGD_TRADES, eps {eps:.3g})")
+    return fig
+
+
+@styled
+def eps_curves(eps: Sequence[float], curves: Mapping[str, Sequence[float]], *, attack: str = "pgd_trades",
+               train_eps: float | None = None, title: str | None = None) -> Figure:
+    """Robust accuracy against the attack's eps for a set of models (`evaluate.eps_curve`)."""
+    fig, axes = _figure(1, 1, 5.5, 4.0)
+    ax = axes[0, 0]
+    for name, acc in curves.items():
+        ax.plot(eps, acc, "o-", color=color(name), label=_label(name))
+    if train_eps is not None:
+        ax.axvline(train_eps, color="gray", linestyle=":", label="training eps")
+    ax.set_xlabel("eps (pixel scale [0, 1])")
+    ax.set_ylabel(f"{ATTACK_LABELS.get(attack, attack)} accuracy (%)")
+    ax.legend(fontsize="small")
+    fig.suptitle(title or f"Robustness against eps ({ATTACK_LABELS.get(attack, attack)})")
+    return fig
+
+
+# --- `rslad-kit figures`: every figure of a finished `reproduce` folder ----------------------------
+
+# Figure 3's two classes: the paper's Airplane and Cat; on digits 3 and 8, which look alike.
+SOFT_LABEL_CLASSES = {"cifar10": (0, 3), "cifar100": (0, 3), "digits": (3, 8)}
+SALIENCY_METHODS = ("ard", "iad", "rslad", "sat")   # Figure 2's students
+
+
+def save(fig: Figure, path: str | Path) -> list[Path]:
+    """Write `fig` as `path`.png and `path`.pdf (each atomically); returns both paths."""
+    written = []
+    for fmt in ("png", "pdf"):
+        target = Path(path).with_suffix(f".{fmt}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        train.atomic_write(target, lambda tmp: fig.savefig(tmp, format=fmt, dpi=200))
+        written.append(target)
+    return written
+
+
+def _results_plan(folder: Path):
+    presets = [name for name, p in PRESETS.items() if p.plan is not None]
+    if folder.name not in presets:
+        raise UserError(f"{folder} is not a `reproduce` results folder: its name must be a preset "
+                        f"({', '.join(presets)}), e.g. results/classroom")
+    return reproduce.build_plan(folder.name, folder.parent)
+
+
+def _checkpoint(plan, run: str) -> Path | None:
+    """A run's best checkpoint (None: a zoo teacher, read from its own file)."""
+    if run == "teacher" and run not in plan.runs:
+        return None
+    return plan.out / "runs" / run / "best.pt"
+
+
+def _load(plan, run: str) -> torch.nn.Module:
+    path = _checkpoint(plan, run)
+    if path is None:
+        return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir)
+    return train.load_model(path).eval()
+
+
+def _arch(plan, run: str, model: torch.nn.Module) -> str:
+    """The registry architecture of a run (a zoo teacher: the registry entry of its class)."""
+    if run in plan.runs:
+        return plan.runs[run].model
+    return {models.WideResNet: "wrn-34-10", models.DMWideResNet: "wrn-70-16"}[type(models.unwrap(model))]
+
+
+def write_all(results: str | Path, out: str | Path, *, images: int = 200, against: str = "teacher",
+              sigma: float = 0.15, samples: int = 25, progress: bool = True) -> list[Path]:
+    """Every figure of the finished `reproduce` folder `results` (e.g. results/classroom), as PNG and
+    PDF in `out`, with Figure 2's similarity table (JSON and Markdown) and Figure 3's statistics.
+    Trains nothing; reads the checkpoints and evaluations on disk. Figure 4 is drawn when the teacher
+    study's folder (`<preset>-teacher-study` beside `results`) holds a finished study.
+
+    `images`: test images for the maps and their similarity (at least 200 for the paper's claim);
+    `against`: Figure 2's adversarial examples are crafted against the "teacher" (every model's maps
+    on the same images, as the paper compares them) or against "each" model itself.
+    """
+    if against not in ("teacher", "each"):
+        raise UserError(f"against must be 'teacher' or 'each' (got {against!r})")
+    folder, out = Path(results), Path(out)
+    plan = _results_plan(folder)
+    student = plan.plan.students[0]
+    table = 4 if plan.dataset == "cifar100" else 3
+    by_seed = {m: plan.rows.get((table, student, m), []) for m in plan.methods}
+    seeds = [s for s, run in enumerate(by_seed.get("rslad", [])) if (plan.out / "runs" / run / "best.pt").is_file()]
+    soft = 7 in plan.plan.tables
+    needed = ["teacher", *(["teacher-natural"] if soft else []),
+              *[runs[s] for runs in by_seed.values() for s in (seeds or [0]) if s < len(runs)]]
+    missing = [p for r in needed if (p := _checkpoint(plan, r)) is not None and not p.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]} is missing ({len(missing)} checkpoint(s) in all); run "
+                        f"`rslad-kit reproduce --preset {plan.preset} --out {folder.parent}` first")
+
+    steps = ["maps", "soft labels", "curves", "examples", "eps", "teacher study"]
+    bar = tqdm(steps, desc="figures", disable=not progress)
+    ds = data.load(plan.dataset, plan.base.data_root, val_size=plan.base.val_size, image_size=plan.base.image_size)
+    test = ds.test.take(images)
+    teacher = _load(plan, "teacher")
+    first = {m: _load(plan, runs[0]) for m, runs in by_seed.items() if runs}
+    written: list[Path] = []
+
+    # --- Figure 2 and its number
+    bar.set_postfix_str("maps")
+    kw = dict(eps=plan.eps, sigma=sigma, samples=samples)
+    t_maps = saliency.adversarial_maps(teacher, _arch(plan, "teacher", teacher), test.x, test.y, **kw)
+    students: dict[str, list[dict[str, Tensor]]] = {}
+    for m in (m for m in SALIENCY_METHODS if m in by_seed):
+        for s in seeds:
+            model = _load(plan, by_seed[m][s])
+            students.setdefault(m, []).append(saliency.adversarial_maps(
+                model, plan.runs[by_seed[m][s]].model, test.x, test.y,
+                source=teacher if against == "teacher" else None, **kw))
+    # crafted against the teacher, every row shows the same adversarial images
+    shown = {"teacher": t_maps} | {m: maps[0] for m, maps in students.items()}
+    written += save(attention_maps(shown, images=min(4, len(test))), out / "figure2_attention")
+    rows = saliency.similarity_rows(students, t_maps)
+    written += save(map_similarity(rows), out / "figure2_similarity")
+    meta = {"results": str(folder), "against": against, "attack": "pgd_trades", "eps": plan.eps, "sigma": sigma,
+            "samples": samples, "images": len(test), "seeds": seeds, "target": "true-class logit"}
+    written += _write_json(out / "figure2_similarity.json", meta | {"rows": rows})
+    written += _write_text(out / "figure2_similarity.md", similarity_markdown(rows, meta))
+    bar.update()
+
+    # --- Figure 3
+    bar.set_postfix_str("soft labels")
+    if soft:
+        natural = _load(plan, "teacher-natural")
+        probs = train.soft_label_sets(teacher, natural, ds.test.x, ds.test.y, plan.base, ds.num_classes)
+        classes = SOFT_LABEL_CLASSES[plan.dataset]
+        stats = {kind: {k: train.soft_label_stats(p[ds.test.y == k], ds.test.y[ds.test.y == k]) for k in classes}
+                 | {"all": train.soft_label_stats(p, ds.test.y)} for kind, p in probs.items()}
+        written += save(soft_labels(probs, ds.test.y, classes, ds.classes, stats), out / "figure3_soft_labels")
+        written += _write_json(out / "figure3_soft_labels.json",
+                               {"smoothing": plan.base.smoothing, "classes": [ds.classes[k] for k in classes],
+                                "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats.items()}})
+    bar.update()
+
+    # --- the kit's own plots
+    bar.set_postfix_str("curves")
+    metrics = {m: [json.loads(line) for line in (plan.out / "runs" / runs[0] / "metrics.jsonl").read_text().splitlines()]
+               for m, runs in by_seed.items() if runs}
+    written += save(training_curves(metrics, title=f"Training curves ({student}, seed 0)"), out / "training_curves")
+    evals = {p.stem: json.loads(p.read_text()) for p in (plan.out / "evals").glob("*.json")}
+    points = {m: {a: [evals[r]["best"][a] for r in runs if a in evals.get(r, {}).get("best", {})]
+                  for a in ("clean", "pgd_trades")} for m, runs in by_seed.items()}
+    points = {k: {"clean": v["clean"], "robust": v["pgd_trades"]} for k, v in points.items()}
+    written += save(robust_vs_clean(points), out / "robust_vs_clean")
+    bar.update()
+
+    bar.set_postfix_str("examples")
+    shown_models = {"teacher": teacher} | first
+    k = min(6, len(test))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x_adv = attacks.white_box("pgd_trades", first.get("rslad", teacher), test.x[:k], test.y[:k], eps=plan.eps)
+    predictions = {name: evaluate.predict(model, x_adv) for name, model in shown_models.items()}
+    written += save(adversarial_examples(test.x[:k], x_adv, test.y[:k], predictions, ds.classes, eps=plan.eps,
+                                         title=f"PGD_TRADES against RSLAD, eps {plan.eps:.3g}"), out / "adversarial_examples")
+    bar.update()
+
+    bar.set_postfix_str("eps")
+    grid = [round(plan.eps * f, 6) for f in (0, 0.25, 0.5, 0.75, 1, 1.5, 2) if plan.eps * f <= 1]
+    curves = {name: evaluate.eps_curve(model, test, grid) for name, model in shown_models.items()}
+    written += save(eps_curves(grid, curves, train_eps=plan.eps), out / "eps_curves")
+    written += _write_json(out / "eps_curves.json", {"eps": grid, "attack": "pgd_trades", "n": len(test),
+                                                     "curves": curves})
+    bar.update()
+
+    study = folder.parent / f"{plan.preset}-teacher-study"
+    if (study / "teacher_study.json").is_file():
+        written += save(teacher_study(study_lib.load(study)), out / "figure4_teacher_study")
+    else:
+        print(f"figures: no Figure 4 ({study} holds no finished study; run `rslad-kit teacher-study "
+              f"--preset {plan.preset} --out {folder.parent}`)")
+    bar.update()
+    bar.close()
+    return written
+
+
+def write_teacher_study(folder: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Figure 4 of a finished teacher-study folder, as PNG and PDF in `out` (default: the folder)."""
+    return save(teacher_study(study_lib.load(folder)), Path(out or folder) / "figure4_teacher_study")
+
+
+def similarity_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    """Figure 2's number as a Markdown table."""
+    lines = ["# How alike are the students' and the teacher's maps?", "",
+             f"Mean Spearman rank correlation between each student's map and the teacher's, over "
+             f"{meta['images']} test images; adversarial examples by PGD_TRADES (eps {meta['eps']:.4g}) against "
+             f"{'the teacher' if meta['against'] == 'teacher' else 'each model'}; maps of the true-class logit; "
+             f"SmoothGrad sigma {meta['sigma']} of the input range, {meta['samples']} samples. The 95% interval "
+             "is across images for one seed, across seeds' means for several.", "",
+             "| student | map | mean | 95% interval | images | seeds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        interval = "—" if math.isnan(r["low"]) else f"[{r['low']:.3f}, {r['high']:.3f}]"
+        lines.append(f"| {_label(r['student'])} | {'Grad-CAM' if r['map'] == 'gradcam' else 'SmoothGrad'} | "
+                     f"{r['mean']:.3f} | {interval} | {r['images']} | {r['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, obj: Any) -> list[Path]:
+    return _write_text(path, json.dumps(obj, indent=1, allow_nan=True))
+
+
+def _write_text(path: Path, text: str) -> list[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train.write_text(path, text)
+    return [path]
