@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -214,25 +215,30 @@ _NOT_LOSS = {"epoch", "lr", "seconds", "val_clean", "val_pgd_trades"}
 
 @styled
 def training_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], *, title: str | None = None) -> Figure:
-    """Each run's loss terms and its validation clean and PGD_TRADES accuracy, per epoch, overlaid.
-    `runs[label]` is the run's `metrics.jsonl` as a list of dicts; a label that starts with a method's
-    name gets that method's colour."""
-    fig, axes = _figure(1, 3, 4.2, 3.2)
-    loss_ax, clean_ax, robust_ax = axes[0]
-    styles = ["-", "--", ":", "-."]
-    for label, records in runs.items():
-        c = color(label.split("-")[0].split(" ")[0])
+    """One panel per run with its loss terms per epoch, then every run's validation clean and
+    PGD_TRADES accuracy overlaid. `runs[label]` is a run's `metrics.jsonl` as a list of dicts; a label
+    that names a method (e.g. "cnn-w4-rslad-s0") gets that method's colour."""
+    cols = min(len(runs), 4)
+    rows = math.ceil(len(runs) / cols)
+    fig = Figure(figsize=(3.4 * max(cols, 2), 2.4 * rows + 3.0), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.4 * rows, 3.0])
+    loss_axes = list(top.subplots(rows, cols, squeeze=False).flat)
+    clean_ax, robust_ax = bottom.subplots(1, 2)
+    for ax, (label, records) in zip(loss_axes, runs.items()):
+        c = color(next((part for part in re.split(r"[- ]", label) if part in COLORS), label))
         epochs = [r["epoch"] for r in records]
         terms = [k for k in records[0] if k not in _NOT_LOSS] if records else []
-        for term, ls in zip(terms, styles * 3):
-            loss_ax.plot(epochs, [r.get(term, np.nan) for r in records], ls, color=c, label=f"{label}: {term}")
+        for term, ls in zip(terms, ["-", "--", ":", "-."] * 3):
+            ax.plot(epochs, [r.get(term, np.nan) for r in records], ls, color=c, label=term)
+        ax.set(title=f"{label}: loss terms", xlabel="epoch", ylabel="loss")
+        ax.legend(fontsize="xx-small")
         clean_ax.plot(epochs, [r.get("val_clean", np.nan) for r in records], color=c, label=label)
         robust_ax.plot(epochs, [r.get("val_pgd_trades", np.nan) for r in records], color=c, label=label)
-    loss_ax.set(title="training loss terms", xlabel="epoch", ylabel="loss")
+    for ax in loss_axes[len(runs):]:
+        ax.remove()
     clean_ax.set(title="validation: clean", xlabel="epoch", ylabel="accuracy (%)")
     robust_ax.set(title="validation: PGD_TRADES", xlabel="epoch", ylabel="accuracy (%)")
-    loss_ax.legend(fontsize="xx-small")
-    robust_ax.legend(fontsize="x-small")
+    bottom.legend(*robust_ax.get_legend_handles_labels(), loc="outside right upper", fontsize="x-small")
     fig.suptitle(title or "Training curves")
     return fig
 
@@ -378,10 +384,12 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
 
     steps = ["maps", "soft labels", "curves", "examples", "eps", "teacher study"]
     bar = tqdm(steps, desc="figures", disable=not progress)
+    device = train.resolve_device(plan.base.device)
     ds = data.load(plan.dataset, plan.base.data_root, val_size=plan.base.val_size, image_size=plan.base.image_size)
-    test = ds.test.take(images)
-    teacher = _load(plan, "teacher")
-    first = {m: _load(plan, runs[0]) for m, runs in by_seed.items() if runs}
+    full_test = ds.test.to(device)
+    test = full_test.take(images)
+    teacher = _load(plan, "teacher").to(device)
+    first = {m: _load(plan, runs[0]).to(device) for m, runs in by_seed.items() if runs}
     written: list[Path] = []
 
     # --- Figure 2 and its number
@@ -391,7 +399,7 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     students: dict[str, list[dict[str, Tensor]]] = {}
     for m in (m for m in SALIENCY_METHODS if m in by_seed):
         for s in seeds:
-            model = _load(plan, by_seed[m][s])
+            model = _load(plan, by_seed[m][s]).to(device)
             students.setdefault(m, []).append(saliency.adversarial_maps(
                 model, plan.runs[by_seed[m][s]].model, test.x, test.y,
                 source=teacher if against == "teacher" else None, **kw))
@@ -409,12 +417,13 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     # --- Figure 3
     bar.set_postfix_str("soft labels")
     if soft:
-        natural = _load(plan, "teacher-natural")
-        probs = train.soft_label_sets(teacher, natural, ds.test.x, ds.test.y, plan.base, ds.num_classes)
+        natural = _load(plan, "teacher-natural").to(device)
+        x, y = full_test.x, full_test.y
+        probs = train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
         classes = SOFT_LABEL_CLASSES[plan.dataset]
-        stats = {kind: {k: train.soft_label_stats(p[ds.test.y == k], ds.test.y[ds.test.y == k]) for k in classes}
-                 | {"all": train.soft_label_stats(p, ds.test.y)} for kind, p in probs.items()}
-        written += save(soft_labels(probs, ds.test.y, classes, ds.classes, stats), out / "figure3_soft_labels")
+        stats = {kind: {k: train.soft_label_stats(p[y == k], y[y == k]) for k in classes}
+                 | {"all": train.soft_label_stats(p, y)} for kind, p in probs.items()}
+        written += save(soft_labels(probs, y, classes, ds.classes, stats), out / "figure3_soft_labels")
         written += _write_json(out / "figure3_soft_labels.json",
                                {"smoothing": plan.base.smoothing, "classes": [ds.classes[k] for k in classes],
                                 "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats.items()}})

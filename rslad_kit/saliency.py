@@ -137,13 +137,13 @@ def adversarial_maps(model: nn.Module, arch: str, x: Tensor, y: Tensor, *, eps: 
                      seed: int = 0) -> dict[str, Tensor]:
     """Adversarial examples by PGD_TRADES against `source` (default: `model` itself), and `model`'s
     Grad-CAM and SmoothGrad maps on them: {"x_adv", "gradcam", "smoothgrad"}. Seeded, so every model
-    sees the same random start and noise."""
+    sees the same random start and noise. The results are on the CPU, ready to draw."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         x_adv = atk.white_box("pgd_trades", source or model, x, y, eps=eps)
     noise = torch.Generator(device=x.device).manual_seed(seed)
-    return {"x_adv": x_adv, "gradcam": gradcam(model, arch, x_adv, y),
-            "smoothgrad": smoothgrad(model, x_adv, y, sigma=sigma, samples=samples, generator=noise)}
+    return {"x_adv": x_adv.cpu(), "gradcam": gradcam(model, arch, x_adv, y),
+            "smoothgrad": smoothgrad(model, x_adv, y, sigma=sigma, samples=samples, generator=noise).cpu()}
 
 
 def similarity_rows(students: dict[str, list[dict[str, Tensor]]], teacher: dict[str, Tensor]) -> list[dict]:
