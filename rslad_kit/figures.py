@@ -112,7 +112,7 @@ def attention_maps(maps: Mapping[str, Mapping[str, Tensor]], *, images: int = 4,
         ax.set_xticks([])
         ax.set_yticks([])
         ax.grid(False)
-    fig.suptitle(title or "Attention (Grad-CAM) and saliency (SmoothGrad) maps on adversarial examples")
+    fig.suptitle(title or "Attention (Grad-CAM) and saliency (SmoothGrad) on adversarial examples")
     return fig
 
 
@@ -131,11 +131,11 @@ def map_similarity(rows: Sequence[Mapping[str, Any]], *, title: str | None = Non
         ax.set_xticks(range(len(sel)), [_label(n) for n in names])
         ax.set_title("Grad-CAM" if kind == "gradcam" else "SmoothGrad")
         ax.axhline(0, color="black", linewidth=0.8)
-    axes[0, 0].set_ylabel("Spearman correlation with the teacher")
+    axes[0, 0].set_ylabel("Spearman ρ with the teacher")
+    axes[0, 0].set_ylim(-1.05, 1.05)   # a correlation; the interval of a few seeds can be wider
     seeds = max((r["seeds"] for r in rows), default=1)
     images = max((r["images"] for r in rows), default=0)
-    fig.suptitle(title or f"How alike are the student's and the teacher's maps? "
-                          f"(mean, 95% interval; {images} images, {seeds} seed(s))")
+    fig.suptitle(title or f"Student-teacher map similarity\n(mean, 95% interval; {images} images, {seeds} seed(s))")
     return fig
 
 
@@ -163,7 +163,7 @@ def soft_labels(probs: Mapping[str, Tensor], y: Tensor, classes: Sequence[int], 
                          f"p(true) = {s['true_prob']:.2f}", fontsize="small")
         axes[r, 0].set_ylabel("probability")
     axes[-1, len(kinds) // 2].set_xlabel("class")
-    fig.suptitle(title or "Soft labels over the classes: robust (RSL), natural (NSL), smoothed (SSL)")
+    fig.suptitle(title or "Soft labels: robust (RSL), natural (NSL), smoothed (SSL)")
     return fig
 
 
@@ -261,7 +261,7 @@ def robust_vs_clean(points: Mapping[str, Mapping[str, Sequence[float]]], *, atta
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"{ATTACK_LABELS.get(attack, attack)} accuracy (%)")
     ax.legend(fontsize="small")
-    fig.suptitle(title or "Robustness against clean accuracy (mean ± sd over seeds)")
+    fig.suptitle(title or "Robustness against clean accuracy\n(mean ± sd over seeds)")
     return fig
 
 
@@ -287,7 +287,7 @@ def adversarial_examples(x: Tensor, x_adv: Tensor, y: Tensor, predictions: Mappi
         axes[i, 3].text(0.0, 0.5, text, transform=axes[i, 3].transAxes, va="center", fontsize="x-small",
                         color="darkgreen" if all(ok) else "darkred" if not any(ok) else "black")
     axes[0, 3].set_title("prediction on x'", fontsize="small")
-    fig.suptitle(title or f"Adversarial examples (PGD_TRADES, eps {eps:.3g})")
+    fig.suptitle(title or f"Adversarial examples\n(PGD_TRADES, eps {eps:.3g})")
     return fig
 
 
@@ -449,7 +449,7 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
         x_adv = attacks.white_box("pgd_trades", first.get("rslad", teacher), test.x[:k], test.y[:k], eps=plan.eps)
     predictions = {name: evaluate.predict(model, x_adv) for name, model in shown_models.items()}
     written += save(adversarial_examples(test.x[:k], x_adv, test.y[:k], predictions, ds.classes, eps=plan.eps,
-                                         title=f"PGD_TRADES against RSLAD, eps {plan.eps:.3g}"), out / "adversarial_examples")
+                                         title=f"Adversarial examples\n(PGD_TRADES against RSLAD, eps {plan.eps:.3g})"), out / "adversarial_examples")
     bar.update()
 
     bar.set_postfix_str("eps")

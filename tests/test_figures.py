@@ -2,10 +2,7 @@
 every file from a finished smoke `reproduce` folder and refuses an unfinished one in one line."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import matplotlib
 import pytest
@@ -14,6 +11,7 @@ import torch
 matplotlib.use("Agg")
 
 from rslad_kit import evaluate, figures, models, reproduce, saliency, teacher_study, train  # noqa: E402
+from rslad_kit.cli import main  # noqa: E402
 from rslad_kit.config import preset  # noqa: E402
 
 
@@ -55,7 +53,7 @@ def test_map_similarity_has_one_bar_per_student_in_each_map_panel(tiny):
         ("ard", "gradcam", 1), ("ard", "smoothgrad", 1), ("rslad", "gradcam", 2), ("rslad", "smoothgrad", 2)]
     fig = rendered(figures.map_similarity(rows))
     assert titles(fig) == ["Grad-CAM", "SmoothGrad"]
-    assert fig.axes[0].get_ylabel() == "Spearman correlation with the teacher"
+    assert fig.axes[0].get_ylabel() == "Spearman ρ with the teacher"
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["ARD", "RSLAD"]
     assert len(fig.axes[0].patches) == 2
 
@@ -157,10 +155,11 @@ EXPECTED = [f"{name}.{ext}" for name in ("figure2_attention", "figure2_similarit
     "figure2_similarity.json", "figure2_similarity.md", "figure3_soft_labels.json", "eps_curves.json"]
 
 
-def cli(*args):
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "rslad_kit.cli", "--threads", "1", *args],
-                          capture_output=True, text=True, env=env)
+def cli(capsys, *args):
+    """`rslad-kit ARGS` in this process: (exit code, stdout, stderr)."""
+    code = main(["--threads", "1", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -176,17 +175,17 @@ def smoke_results(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_figures_command_writes_every_figure_and_the_similarity_table(smoke_results, tmp_path):
+def test_figures_command_writes_every_figure_and_the_similarity_table(smoke_results, tmp_path, capsys):
     # a finished teacher study beside the results folder adds Figure 4
     study_folder = smoke_results.parent / "smoke-teacher-study"
     study_folder.mkdir()
     (study_folder / "teacher_study.json").write_text(json.dumps(study([[40], [45]], [50, 55])))
     out = tmp_path / "figs"
     try:
-        result = cli("figures", "--results", str(smoke_results), "--out", str(out), "--images", "60")
+        code, _, err = cli(capsys, "figures", "--results", str(smoke_results), "--out", str(out), "--images", "60")
     finally:
         shutil.rmtree(study_folder)   # other tests see the results folder alone
-    assert result.returncode == 0, result.stderr
+    assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == sorted(EXPECTED)
     similarity = json.loads((out / "figure2_similarity.json").read_text())
     assert similarity["images"] == 60 and similarity["seeds"] == [0, 1] and similarity["against"] == "teacher"
@@ -197,15 +196,15 @@ def test_figures_command_writes_every_figure_and_the_similarity_table(smoke_resu
     assert soft["classes"] == ["3", "8"] and set(soft["stats"]) == {"RSL", "NSL", "SSL"}
 
 
-def test_figures_on_an_unfinished_folder_names_the_command_to_run(tmp_path):
+def test_figures_on_an_unfinished_folder_names_the_command_to_run(tmp_path, capsys):
     (tmp_path / "smoke").mkdir()
-    result = cli("figures", "--results", str(tmp_path / "smoke"), "--out", str(tmp_path / "figs"))
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "is missing" in result.stderr
-    assert f"rslad-kit reproduce --preset smoke --out {tmp_path}" in result.stderr
+    code, _, err = cli(capsys, "figures", "--results", str(tmp_path / "smoke"), "--out", str(tmp_path / "figs"))
+    assert code == 2
+    assert err.count("\n") == 1 and "is missing" in err
+    assert f"rslad-kit reproduce --preset smoke --out {tmp_path}" in err
     assert not (tmp_path / "figs").exists()   # nothing half-written
 
 
-def test_figures_on_a_folder_that_is_not_a_results_folder(tmp_path):
-    result = cli("figures", "--results", str(tmp_path), "--out", str(tmp_path / "figs"))
-    assert result.returncode == 2 and "is not a `reproduce` results folder" in result.stderr
+def test_figures_on_a_folder_that_is_not_a_results_folder(tmp_path, capsys):
+    code, _, err = cli(capsys, "figures", "--results", str(tmp_path), "--out", str(tmp_path / "figs"))
+    assert code == 2 and "is not a `reproduce` results folder" in err

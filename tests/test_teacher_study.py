@@ -3,13 +3,11 @@ cached so that a rerun trains nothing."""
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from rslad_kit import config, teacher_study
+from rslad_kit.cli import main
 from rslad_kit.errors import UserError
 
 
@@ -46,12 +44,9 @@ def test_unknown_preset_is_refused():
 
 
 @pytest.mark.slow
-def test_smoke_study_end_to_end_and_cached(tmp_path):
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "rslad_kit.cli", "--threads", "1", "teacher-study", "--preset", "smoke",
-           "--out", str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
+def test_smoke_study_end_to_end_and_cached(tmp_path, capsys):
+    assert main(["--threads", "1", "teacher-study", "--preset", "smoke", "--out", str(tmp_path)]) == 0
+    stdout = capsys.readouterr().out
     folder = tmp_path / "smoke-teacher-study"
     data = json.loads((folder / "teacher_study.json").read_text())
     lad = teacher_study.ladder("smoke")
@@ -60,7 +55,7 @@ def test_smoke_study_end_to_end_and_cached(tmp_path):
         assert 0 <= row["teacher_robust"] <= row["teacher_clean"] <= 100
         assert len(row["student_robust"]) == lad.seeds and all(0 <= v <= 100 for v in row["student_robust"])
     assert len(data["sat_robust"]) == lad.seeds and data["attack"] == "pgd_trades"
-    assert data["summary"] in result.stdout and data["summary"] in (folder / "summary.md").read_text()
+    assert data["summary"] in stdout and data["summary"] in (folder / "summary.md").read_text()
     assert (folder / "figure4_teacher_study.png").is_file() and (folder / "figure4_teacher_study.pdf").is_file()
 
     checkpoints = sorted(folder.glob("runs/*/last.pt"))
