@@ -98,7 +98,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     from rslad_kit import figures
 
-    written = figures.write_all(args.results, args.out, images=args.images, against=args.against)
+    written = figures.write_all(args.results, args.out, images=args.images, against=args.against,
+                                data_root=args.data_root)
     print(f"wrote {len(written)} files in {args.out}")
 
 
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg = sub.add_parser("figures", help="every figure of a finished reproduce folder, as PNG and PDF")
     fg.add_argument("--results", default="results/classroom", help="a reproduce folder, results/<preset>")
     fg.add_argument("--out", default="figures")
+    fg.add_argument("--data-root", default="data")
     fg.add_argument("--images", type=int, default=200, help="test images for Figure 2's maps and similarity")
     fg.add_argument("--against", choices=("teacher", "each"), default="teacher",
                     help="Figure 2's adversarial examples: against the teacher (the same images for every "

@@ -326,12 +326,12 @@ def save(fig: Figure, path: str | Path) -> list[Path]:
     return written
 
 
-def _results_plan(folder: Path):
+def _results_plan(folder: Path, **overrides: Any):
     presets = [name for name, p in PRESETS.items() if p.plan is not None]
     if folder.name not in presets:
         raise UserError(f"{folder} is not a `reproduce` results folder: its name must be a preset "
                         f"({', '.join(presets)}), e.g. results/classroom")
-    return reproduce.build_plan(folder.name, folder.parent)
+    return reproduce.build_plan(folder.name, folder.parent, **overrides)
 
 
 def _checkpoint(plan, run: str) -> Path | None:
@@ -356,11 +356,12 @@ def _arch(plan, run: str, model: torch.nn.Module) -> str:
 
 
 def write_all(results: str | Path, out: str | Path, *, images: int = 200, against: str = "teacher",
-              sigma: float = 0.15, samples: int = 25, progress: bool = True) -> list[Path]:
+              sigma: float = 0.15, samples: int = 25, data_root: str = "data", progress: bool = True) -> list[Path]:
     """Every figure of the finished `reproduce` folder `results` (e.g. results/classroom), as PNG and
-    PDF in `out`, with Figure 2's similarity table (JSON and Markdown) and Figure 3's statistics.
-    Trains nothing; reads the checkpoints and evaluations on disk. Figure 4 is drawn when the teacher
-    study's folder (`<preset>-teacher-study` beside `results`) holds a finished study.
+    PDF in `out`, with Figure 2's similarity table (JSON and Markdown) and Figure 3's statistics;
+    returns the files written. Trains nothing: reads the checkpoints and evaluations on disk, and
+    checks that every checkpoint it needs is there before writing anything. Figure 4 is drawn when the
+    teacher study's folder (`<preset>-teacher-study` beside `results`) holds a finished study.
 
     `images`: test images for the maps and their similarity (at least 200 for the paper's claim);
     `against`: Figure 2's adversarial examples are crafted against the "teacher" (every model's maps
@@ -368,107 +369,109 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     """
     if against not in ("teacher", "each"):
         raise UserError(f"against must be 'teacher' or 'each' (got {against!r})")
+    if images < 2:
+        raise UserError(f"--images must be at least 2 (got {images}); the paper's claim wants 200 or more")
     folder, out = Path(results), Path(out)
-    plan = _results_plan(folder)
-    student = plan.plan.students[0]
+    plan = _results_plan(folder, data_root=data_root)
     table = 4 if plan.dataset == "cifar100" else 3
-    by_seed = {m: plan.rows.get((table, student, m), []) for m in plan.methods}
-    seeds = [s for s, run in enumerate(by_seed.get("rslad", [])) if (plan.out / "runs" / run / "best.pt").is_file()]
+    runs = {m: plan.rows.get((table, plan.plan.students[0], m), []) for m in plan.methods}  # method -> by seed
+    seeds = [s for s, run in enumerate(runs.get("rslad", [])) if (plan.out / "runs" / run / "best.pt").is_file()]
     soft = 7 in plan.plan.tables
     needed = ["teacher", *(["teacher-natural"] if soft else []),
-              *[runs[s] for runs in by_seed.values() for s in (seeds or [0]) if s < len(runs)]]
+              *[by_seed[s] for by_seed in runs.values() for s in (seeds or [0]) if s < len(by_seed)]]
     missing = [p for r in needed if (p := _checkpoint(plan, r)) is not None and not p.is_file()]
     if missing:
         raise UserError(f"{missing[0]} is missing ({len(missing)} checkpoint(s) in all); run "
                         f"`rslad-kit reproduce --preset {plan.preset} --out {folder.parent}` first")
 
-    steps = ["maps", "soft labels", "curves", "examples", "eps", "teacher study"]
-    bar = tqdm(steps, desc="figures", disable=not progress)
     device = train.resolve_device(plan.base.device)
     ds = data.load(plan.dataset, plan.base.data_root, val_size=plan.base.val_size, image_size=plan.base.image_size)
-    full_test = ds.test.to(device)
-    test = full_test.take(images)
+    test = ds.test.to(device)
     teacher = _load(plan, "teacher").to(device)
-    first = {m: _load(plan, runs[0]).to(device) for m, runs in by_seed.items() if runs}
     written: list[Path] = []
+    with tqdm(total=4, desc="figures", disable=not progress) as bar:
+        written += _figure2(plan, teacher, runs, seeds, test.take(images), out, against=against, sigma=sigma,
+                            samples=samples)
+        bar.update()
+        if soft:
+            written += _figure3(plan, teacher, _load(plan, "teacher-natural").to(device), test, ds, out)
+        bar.update()
+        written += _kit_plots(plan, teacher, runs, test.take(images), ds.classes, out)
+        bar.update()
+        study = folder.parent / f"{plan.preset}-teacher-study"
+        if (study / "teacher_study.json").is_file():
+            written += write_teacher_study(study, out)
+        else:
+            print(f"figures: no Figure 4 ({study} holds no finished study; run `rslad-kit teacher-study "
+                  f"--preset {plan.preset} --out {folder.parent}`)")
+        bar.update()
+    return written
 
-    # --- Figure 2 and its number
-    bar.set_postfix_str("maps")
+
+def _figure2(plan, teacher, runs, seeds, test, out: Path, *, against: str, sigma: float, samples: int) -> list[Path]:
+    """Maps of the teacher and of every seed's ARD, IAD, RSLAD and SAT students; their similarity."""
     kw = dict(eps=plan.eps, sigma=sigma, samples=samples)
-    t_maps = saliency.adversarial_maps(teacher, _arch(plan, "teacher", teacher), test.x, test.y, **kw)
+    teacher_maps = saliency.adversarial_maps(teacher, _arch(plan, "teacher", teacher), test.x, test.y, **kw)
     students: dict[str, list[dict[str, Tensor]]] = {}
-    for m in (m for m in SALIENCY_METHODS if m in by_seed):
+    for m in (m for m in SALIENCY_METHODS if runs.get(m)):
         for s in seeds:
-            model = _load(plan, by_seed[m][s]).to(device)
+            model = _load(plan, runs[m][s]).to(test.x.device)
             students.setdefault(m, []).append(saliency.adversarial_maps(
-                model, plan.runs[by_seed[m][s]].model, test.x, test.y,
+                model, plan.runs[runs[m][s]].model, test.x, test.y,
                 source=teacher if against == "teacher" else None, **kw))
-    # crafted against the teacher, every row shows the same adversarial images
-    shown = {"teacher": t_maps} | {m: maps[0] for m, maps in students.items()}
-    written += save(attention_maps(shown, images=min(4, len(test))), out / "figure2_attention")
-    rows = saliency.similarity_rows(students, t_maps)
-    written += save(map_similarity(rows), out / "figure2_similarity")
-    meta = {"results": str(folder), "against": against, "attack": "pgd_trades", "eps": plan.eps, "sigma": sigma,
-            "samples": samples, "images": len(test), "seeds": seeds, "target": "true-class logit"}
-    written += _write_json(out / "figure2_similarity.json", meta | {"rows": rows})
-    written += _write_text(out / "figure2_similarity.md", similarity_markdown(rows, meta))
-    bar.update()
+    shown = {"teacher": teacher_maps} | {m: maps[0] for m, maps in students.items()}   # seed 0
+    rows = saliency.similarity_rows(students, teacher_maps)
+    meta = {"results": str(plan.out), "against": against, "attack": "pgd_trades", "eps": plan.eps,
+            "sigma": sigma, "samples": samples, "images": len(test), "seeds": seeds, "target": "true-class logit"}
+    return [*save(attention_maps(shown, images=min(4, len(test))), out / "figure2_attention"),
+            *save(map_similarity(rows), out / "figure2_similarity"),
+            *_write_json(out / "figure2_similarity.json", meta | {"rows": rows}),
+            *_write_text(out / "figure2_similarity.md", similarity_markdown(rows, meta))]
 
-    # --- Figure 3
-    bar.set_postfix_str("soft labels")
-    if soft:
-        natural = _load(plan, "teacher-natural").to(device)
-        x, y = full_test.x, full_test.y
-        probs = train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
-        classes = SOFT_LABEL_CLASSES[plan.dataset]
-        stats = {kind: {k: train.soft_label_stats(p[y == k], y[y == k]) for k in classes}
-                 | {"all": train.soft_label_stats(p, y)} for kind, p in probs.items()}
-        written += save(soft_labels(probs, y, classes, ds.classes, stats), out / "figure3_soft_labels")
-        written += _write_json(out / "figure3_soft_labels.json",
-                               {"smoothing": plan.base.smoothing, "classes": [ds.classes[k] for k in classes],
-                                "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats.items()}})
-    bar.update()
 
-    # --- the kit's own plots
-    bar.set_postfix_str("curves")
-    metrics = {m: [json.loads(line) for line in (plan.out / "runs" / runs[0] / "metrics.jsonl").read_text().splitlines()]
-               for m, runs in by_seed.items() if runs}
-    written += save(training_curves(metrics, title=f"Training curves ({student}, seed 0)"), out / "training_curves")
+def _figure3(plan, teacher, natural, test, ds, out: Path) -> list[Path]:
+    """The three soft labels of the whole test set; two classes drawn, statistics for all."""
+    x, y = test.x, test.y
+    probs = train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
+    classes = SOFT_LABEL_CLASSES[plan.dataset]
+    stats = {kind: {k: train.soft_label_stats(p[y == k], y[y == k]) for k in classes}
+             | {"all": train.soft_label_stats(p, y)} for kind, p in probs.items()}
+    return [*save(soft_labels(probs, y, classes, ds.classes, stats), out / "figure3_soft_labels"),
+            *_write_json(out / "figure3_soft_labels.json",
+                         {"smoothing": plan.base.smoothing, "classes": [ds.classes[k] for k in classes],
+                          "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats.items()}})]
+
+
+def _kit_plots(plan, teacher, runs, test, class_names, out: Path) -> list[Path]:
+    """Training curves and adversarial examples of seed 0; robust vs clean over seeds; eps curves."""
+    first = {"teacher": teacher} | {m: _load(plan, by_seed[0]).to(test.x.device) for m, by_seed in runs.items()
+                                    if by_seed}
+    metrics = {m: [json.loads(line) for line in (plan.out / "runs" / by_seed[0] / "metrics.jsonl")
+                   .read_text().splitlines()] for m, by_seed in runs.items() if by_seed}
     evals = {p.stem: json.loads(p.read_text()) for p in (plan.out / "evals").glob("*.json")}
-    points = {m: {a: [evals[r]["best"][a] for r in runs if a in evals.get(r, {}).get("best", {})]
-                  for a in ("clean", "pgd_trades")} for m, runs in by_seed.items()}
-    points = {k: {"clean": v["clean"], "robust": v["pgd_trades"]} for k, v in points.items()}
-    written += save(robust_vs_clean(points), out / "robust_vs_clean")
-    bar.update()
 
-    bar.set_postfix_str("examples")
-    shown_models = {"teacher": teacher} | first
+    def best(run_names: list[str], attack: str) -> list[float]:
+        return [evals[r]["best"][attack] for r in run_names if attack in evals.get(r, {}).get("best", {})]
+
+    points = {m: {"clean": best(names, "clean"), "robust": best(names, "pgd_trades")}
+              for m, names in {"teacher": ["teacher"], **runs}.items()}
+
     k = min(6, len(test))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         x_adv = attacks.white_box("pgd_trades", first.get("rslad", teacher), test.x[:k], test.y[:k], eps=plan.eps)
-    predictions = {name: evaluate.predict(model, x_adv) for name, model in shown_models.items()}
-    written += save(adversarial_examples(test.x[:k], x_adv, test.y[:k], predictions, ds.classes, eps=plan.eps,
-                                         title=f"Adversarial examples\n(PGD_TRADES against RSLAD, eps {plan.eps:.3g})"), out / "adversarial_examples")
-    bar.update()
-
-    bar.set_postfix_str("eps")
+    predictions = {name: evaluate.predict(model, x_adv) for name, model in first.items()}
     grid = [round(plan.eps * f, 6) for f in (0, 0.25, 0.5, 0.75, 1, 1.5, 2) if plan.eps * f <= 1]
-    curves = {name: evaluate.eps_curve(model, test, grid) for name, model in shown_models.items()}
-    written += save(eps_curves(grid, curves, train_eps=plan.eps), out / "eps_curves")
-    written += _write_json(out / "eps_curves.json", {"eps": grid, "attack": "pgd_trades", "n": len(test),
-                                                     "curves": curves})
-    bar.update()
-
-    study = folder.parent / f"{plan.preset}-teacher-study"
-    if (study / "teacher_study.json").is_file():
-        written += save(teacher_study(study_lib.load(study)), out / "figure4_teacher_study")
-    else:
-        print(f"figures: no Figure 4 ({study} holds no finished study; run `rslad-kit teacher-study "
-              f"--preset {plan.preset} --out {folder.parent}`)")
-    bar.update()
-    bar.close()
-    return written
+    curves = {name: evaluate.eps_curve(model, test, grid) for name, model in first.items()}
+    student = plan.plan.students[0]
+    return [*save(training_curves(metrics, title=f"Training curves ({student}, seed 0)"), out / "training_curves"),
+            *save(robust_vs_clean(points), out / "robust_vs_clean"),
+            *save(adversarial_examples(test.x[:k], x_adv, test.y[:k], predictions, class_names, eps=plan.eps,
+                                       title=f"Adversarial examples\n(PGD_TRADES against RSLAD, eps {plan.eps:.3g})"),
+                  out / "adversarial_examples"),
+            *save(eps_curves(grid, curves, train_eps=plan.eps), out / "eps_curves"),
+            *_write_json(out / "eps_curves.json", {"eps": grid, "attack": "pgd_trades", "n": len(test),
+                                                   "curves": curves})]
 
 
 def write_teacher_study(folder: str | Path, out: str | Path | None = None) -> list[Path]:

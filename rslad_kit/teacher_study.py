@@ -144,13 +144,16 @@ def verdict(data: dict[str, Any]) -> dict[str, Any]:
     saturation = [rows[i]["teacher"] for i in range(best + 1, len(rows)) if gaps[i] > gaps[best]]
     rise_and_fall = 0 < best < len(rows) - 1
     name = "AutoAttack" if data["attack"] == "autoattack" else "PGD_TRADES"
-    diff, p = compare(cells[best], cells[-1])
-    noise = "" if p is None else f" (best vs largest teacher: {diff:+.2f}, Welch p = {p:.3f})"
+    noise = ""
+    for end, other in (("smallest", 0), ("largest", len(rows) - 1)):
+        diff, p = compare(cells[best], cells[other])
+        if other != best and p is not None:   # with several seeds: is the rise (fall) beyond the noise?
+            noise += f"; best vs {end} teacher {diff:+.2f}, Welch p = {p:.3f}"
     shape = ("rises and then falls, as in the paper" if rise_and_fall else
              "does not rise and fall as in the paper: it peaks at the "
              + ("smallest" if best == 0 else "largest") + " teacher")
     summary = (f"{data['student']} students ({data['seeds']} seed(s), {name} at eps {data['eps']:.4g}): "
-               f"robustness {shape}{noise}. Best teacher: {rows[best]['teacher']} "
+               f"robustness {shape}{f' ({noise[2:]})' if noise else ''}. Best teacher: {rows[best]['teacher']} "
                f"(student {cells[best]}). Robust underfitting (student above its teacher): "
                f"{', '.join(underfitting) or 'none'}. Robust saturation (gap wider than at the best teacher): "
                f"{', '.join(saturation) or 'none'}.")

@@ -208,3 +208,8 @@ def test_figures_on_an_unfinished_folder_names_the_command_to_run(tmp_path, caps
 def test_figures_on_a_folder_that_is_not_a_results_folder(tmp_path, capsys):
     code, _, err = cli(capsys, "figures", "--results", str(tmp_path), "--out", str(tmp_path / "figs"))
     assert code == 2 and "is not a `reproduce` results folder" in err
+
+
+def test_figures_needs_a_few_images(tmp_path, capsys):
+    code, _, err = cli(capsys, "figures", "--results", str(tmp_path / "smoke"), "--out", str(tmp_path), "--images", "1")
+    assert code == 2 and "--images must be at least 2" in err
