@@ -69,6 +69,7 @@ def gradcam(model: nn.Module, arch: str, x: Tensor, y: Tensor, batch_size: int =
 
     Runs pytorch-grad-cam with gradients on even inside `torch.no_grad()` (it needs autograd). The
     input, not the weights, carries `requires_grad`, so a frozen teacher works and no flag changes.
+    The model's mode is restored; its weights' `.grad`, which pytorch-grad-cam writes, is cleared.
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
