@@ -68,7 +68,7 @@ def soft_label_sets(robust: nn.Module, natural: nn.Module, x: Tensor, y: Tensor,
             "SSL": F.softmax(soft_labels(smooth_cfg, None, x, y, num_classes), 1)}
 
 
-def soft_label_stats(probs: Tensor, y: Tensor) -> dict[str, float]:
+def soft_label_stats(probs: Tensor, y: Tensor) -> dict[str, float | int]:
     """What a set of soft labels (N, C probabilities) teaches: mean entropy (nats) and mean probability
     on the true class. Figure 3's "NSL is more concentrated around the ground truth" reads off these."""
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
