@@ -203,7 +203,7 @@ def teacher_study(study: Mapping[str, Any]) -> Figure:
                matplotlib.patches.Patch(color=_PALETTE[3], alpha=0.25, label="robust saturation")]
     ax.legend(handles + patches, labels + [p.get_label() for p in patches], fontsize="small", loc="best")
     shape = ("rise and fall, as in the paper" if study["rise_and_fall"] else
-             "no rise and fall (unlike the paper)" if study["rise_and_fall"] is not None else "unfinished")
+             "no clear rise and fall (unlike the paper)" if study["rise_and_fall"] is not None else "unfinished")
     fig.suptitle(f"Which teacher? {study['student']} students on {study['dataset']}\n{shape}")
     return fig
 

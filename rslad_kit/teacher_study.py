@@ -132,7 +132,9 @@ def summarise(plan: reproduce.Plan, lad: Ladder) -> dict[str, Any]:
 
 def verdict(data: dict[str, Any]) -> dict[str, Any]:
     """Robust underfitting (students above their teacher), robust saturation (past the best teacher,
-    the teacher-student gap widens) and whether the students' robustness rises then falls."""
+    the teacher-student gap widens) and whether the students' robustness rises then falls: the best
+    teacher is neither the smallest nor the largest and, with several seeds, the student it makes
+    beats both ends beyond the seed noise (Welch's t-test, p < 0.05; one seed: the signs only)."""
     rows = data["rows"]
     cells = [Cell([v for v in r["student_robust"] if v is not None]) for r in rows]
     if any(c.mean is None for c in cells) or any(r["teacher_robust"] is None for r in rows):
@@ -142,19 +144,23 @@ def verdict(data: dict[str, Any]) -> dict[str, Any]:
     gaps = [r["teacher_robust"] - c.mean for r, c in zip(rows, cells)]
     underfitting = [r["teacher"] for r, c in zip(rows, cells) if c.mean > r["teacher_robust"]]
     saturation = [rows[i]["teacher"] for i in range(best + 1, len(rows)) if gaps[i] > gaps[best]]
-    rise_and_fall = 0 < best < len(rows) - 1
+    tests = {end: compare(cells[best], cells[i]) for end, i in (("rise", 0), ("fall", len(rows) - 1)) if i != best}
+    beyond_noise = all(p is None or p < 0.05 for _, p in tests.values())
+    rise_and_fall = len(tests) == 2 and beyond_noise
+    evidence = "; ".join(f"{end} {diff:+.2f}" + ("" if p is None else f", Welch p = {p:.3f}")
+                         for end, (diff, p) in tests.items())
+    if rise_and_fall:
+        shape = "rises and then falls, as in the paper" + (" (one seed: signs only)" if data["seeds"] < 2 else "")
+    elif len(tests) == 2:
+        shape = "peaks inside the ladder, but not beyond the seed noise: no clear rise and fall as in the paper"
+    else:
+        shape = (f"does not rise and fall as in the paper: it peaks at the "
+                 f"{'smallest' if best == 0 else 'largest'} teacher")
+    sat = Cell([v for v in data["sat_robust"] if v is not None])
     name = "AutoAttack" if data["attack"] == "autoattack" else "PGD_TRADES"
-    noise = ""
-    for end, other in (("smallest", 0), ("largest", len(rows) - 1)):
-        diff, p = compare(cells[best], cells[other])
-        if other != best and p is not None:   # with several seeds: is the rise (fall) beyond the noise?
-            noise += f"; best vs {end} teacher {diff:+.2f}, Welch p = {p:.3f}"
-    shape = ("rises and then falls, as in the paper" if rise_and_fall else
-             "does not rise and fall as in the paper: it peaks at the "
-             + ("smallest" if best == 0 else "largest") + " teacher")
     summary = (f"{data['student']} students ({data['seeds']} seed(s), {name} at eps {data['eps']:.4g}): "
-               f"robustness {shape}{f' ({noise[2:]})' if noise else ''}. Best teacher: {rows[best]['teacher']} "
-               f"(student {cells[best]}). Robust underfitting (student above its teacher): "
+               f"robustness {shape} ({evidence}). Best teacher: {rows[best]['teacher']} (student {cells[best]}; "
+               f"SAT student {sat}). Robust underfitting (student above its teacher): "
                f"{', '.join(underfitting) or 'none'}. Robust saturation (gap wider than at the best teacher): "
                f"{', '.join(saturation) or 'none'}.")
     return {"underfitting": underfitting, "saturation": saturation, "best": rows[best]["teacher"],

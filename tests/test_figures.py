@@ -94,7 +94,12 @@ def test_teacher_study_figure_marks_the_regions_and_says_what_it_shows():
 
     flat = study([[40], [45], [50]], [50, 55, 60])   # keeps rising: not the paper's shape
     assert not flat["rise_and_fall"] and "does not rise and fall" in flat["summary"]
-    assert "no rise and fall" in rendered(figures.teacher_study(flat)).get_suptitle()
+    assert "no clear rise and fall" in rendered(figures.teacher_study(flat)).get_suptitle()
+
+    # a peak inside the ladder that the seeds cannot tell from its neighbours is not the paper's shape
+    noisy = study([[40, 30], [48, 34], [45, 33]], [35, 47, 55])
+    assert noisy["best"] == "t1" and not noisy["rise_and_fall"]
+    assert "not beyond the seed noise" in noisy["summary"]
 
 
 def test_autoattack_studies_say_so_on_the_axis():
