@@ -125,6 +125,25 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"results in {folder}")
 
 
+def cmd_figures(args: argparse.Namespace) -> None:
+    from rslad_kit import figures
+
+    written = figures.write_all(args.results, args.out, images=args.images, against=args.against,
+                                data_root=args.data_root)
+    print(f"wrote {len(written)} files in {args.out}")
+
+
+def cmd_teacher_study(args: argparse.Namespace) -> None:
+    from rslad_kit import figures, teacher_study
+
+    folder = teacher_study.run(args.preset, out=args.out, seeds=args.seeds, dry_run=args.dry_run,
+                               data_root=args.data_root, device=args.device)
+    if not args.dry_run:
+        figures.write_teacher_study(folder)
+        print((folder / "summary.md").read_text().strip().splitlines()[-1])
+        print(f"results and figure4_teacher_study.png/.pdf in {folder}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rslad-kit", description=__doc__)
     parser.add_argument("--threads", help="torch CPU threads (default: $OMP_NUM_THREADS, else all cores)")
@@ -191,6 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data-root", default="data")
     sw.add_argument("--device", default="auto")
     sw.set_defaults(func=cmd_sweep)
+
+    fg = sub.add_parser("figures", help="every figure of a finished reproduce folder, as PNG and PDF")
+    fg.add_argument("--results", default="results/classroom", help="a reproduce folder, results/<preset>")
+    fg.add_argument("--out", default="figures")
+    fg.add_argument("--data-root", default="data")
+    fg.add_argument("--images", type=int, default=200, help="test images for Figure 2's maps and similarity")
+    fg.add_argument("--against", choices=("teacher", "each"), default="teacher",
+                    help="Figure 2's adversarial examples: against the teacher (the same images for every "
+                         "model) or against each model itself")
+    fg.set_defaults(func=cmd_figures)
+
+    ts = sub.add_parser("teacher-study", help="Figure 4: RSLAD students from a ladder of teachers")
+    ts.add_argument("--preset", default="classroom", help="classroom, cifar10 (or smoke)")
+    ts.add_argument("--out", default="results", help="the study goes in OUT/<preset>-teacher-study")
+    ts.add_argument("--seeds", type=int, help="students per teacher (default: the ladder's)")
+    ts.add_argument("--data-root", default="data")
+    ts.add_argument("--device", default="auto")
+    ts.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
+    ts.set_defaults(func=cmd_teacher_study)
     return parser
 
 

@@ -137,3 +137,14 @@ def _attack_functions(eps, surrogate, batch_size, seed, autoattack_state, autoat
         "transfer_pgd": transfer("pgd_sat"),
         "transfer_cw": transfer("cw"),
     }
+
+
+def eps_curve(model: nn.Module, data, eps_values: Iterable[float], attack: str = "pgd_trades", *,
+              n: int | None = None, seed: int = 0) -> list[float]:
+    """Robust accuracy (%) under `attack` at each eps of `eps_values`; eps 0 gives clean accuracy."""
+    curve = []
+    for eps in eps_values:
+        name = "clean" if eps == 0 else attack
+        # `evaluate` validates eps even for "clean", which ignores it
+        curve.append(evaluate(model, data, [name], eps=eps if eps else 1.0, n=n, seed=seed)[name])
+    return curve

@@ -82,6 +82,7 @@ class Plan:
     runs: dict[str, TrainConfig] = field(default_factory=dict)
     rows: dict[tuple[int, str, str], list[str]] = field(default_factory=dict)  # (table, student, row) -> runs
     evaluations: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # run -> ckpt -> attacks
+    zoo: dict[str, str] = field(default_factory=dict)  # evaluated from a zoo file: run -> robustbench:<name>
 
     # --- building ------------------------------------------------------------------------------------
 
@@ -237,12 +238,16 @@ def _dataset(name: str, root: str, val_size: int | None, image_size: int | None)
 def _load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
     if run == "teacher" and run not in plan.runs:   # a zoo teacher, read from its file
         return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir).to(device)
+    if run in plan.zoo:   # a RobustBench teacher under another run name (the teacher study's ladder)
+        return models.load_teacher(plan.zoo[run], plan.dataset, plan.base.model_dir).to(device)
     return train.load_model(_checkpoint_file(plan, run, ckpt)).to(device)
 
 
 def _checkpoint_file(plan: Plan, run: str, ckpt: str) -> Path:
     if run == "teacher" and run not in plan.runs:
         return train.teacher_path(plan.base, plan.out)
+    if run in plan.zoo:
+        return train.teacher_path(replace(plan.base, teacher=plan.zoo[run]), plan.out)
     return plan.out / "runs" / run / f"{ckpt}.pt"
 
 

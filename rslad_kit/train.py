@@ -21,6 +21,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,6 +60,24 @@ def soft_labels(cfg: TrainConfig, teacher: nn.Module | None, x: Tensor, y: Tenso
         return target.log()
     with torch.no_grad():
         return teacher(x).float()
+
+
+def soft_label_sets(robust: nn.Module, natural: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
+                    num_classes: int) -> dict[str, Tensor]:
+    """Table 7's three soft labels of each example, as probabilities (N, C): RSL from the robust
+    teacher, NSL from the natural one, SSL from label smoothing with `cfg.smoothing`. Teachers in eval mode."""
+    teacher_cfg, smooth_cfg = replace(cfg, soft_labels="teacher"), replace(cfg, soft_labels="smooth")
+    return {"RSL": F.softmax(soft_labels(teacher_cfg, robust, x, y, num_classes), 1),
+            "NSL": F.softmax(soft_labels(teacher_cfg, natural, x, y, num_classes), 1),
+            "SSL": F.softmax(soft_labels(smooth_cfg, None, x, y, num_classes), 1)}
+
+
+def soft_label_stats(probs: Tensor, y: Tensor) -> dict[str, float | int]:
+    """What a set of soft labels (N, C probabilities) teaches: mean entropy (nats) and mean probability
+    on the true class. Figure 3's "NSL is more concentrated around the ground truth" reads off these."""
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
+    return {"entropy": entropy.mean().item(), "true_prob": probs.gather(1, y.view(-1, 1)).mean().item(),
+            "n": len(y)}
 
 
 def _eval_probs(model: nn.Module, x: Tensor) -> Tensor:

@@ -1,0 +1,505 @@
+"""Every figure: a function that draws data (or models' outputs) and returns a matplotlib `Figure`.
+
+The paper's Figures 2-4 (attention maps, soft labels, which teacher) and the kit's own plots (training
+curves, robustness against clean accuracy, adversarial examples, robustness against eps). No function
+here trains, saves or shows: the caller decides (`fig.savefig`, or a notebook displays it).
+`write_all` is the one exception, the command behind `rslad-kit figures`: it reads a finished
+`reproduce` folder and writes every figure as PNG and PDF.
+
+One style everywhere: seaborn's "talk" context (readable on a projector), white grid, and a fixed
+colour per method (`COLORS`), the same in every figure and colour-blind safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from rslad_kit import attacks, data, evaluate, models, reproduce, saliency, train
+from rslad_kit import teacher_study as study_lib
+from rslad_kit.config import PRESETS
+from rslad_kit.errors import UserError
+
+# seaborn's colour-blind palette, one colour per method, fixed so a method looks the same everywhere.
+_PALETTE = sns.color_palette("colorblind", 10)
+COLORS: dict[str, tuple[float, float, float]] = {
+    "teacher": (0.15, 0.15, 0.15),
+    "natural": _PALETTE[7],
+    "sat": _PALETTE[0],
+    "trades": _PALETTE[8],
+    "mart": _PALETTE[4],
+    "ard": _PALETTE[1],
+    "iad": _PALETTE[2],
+    "rslad": _PALETTE[3],
+    # Figure 3's soft labels: RSL is RSLAD's own, NSL comes from the natural teacher
+    "RSL": _PALETTE[3],
+    "NSL": _PALETTE[7],
+    "SSL": _PALETTE[9],
+}
+LABELS = {"teacher": "Teacher", "natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART",
+          "ard": "ARD", "iad": "IAD", "rslad": "RSLAD"}
+ATTACK_LABELS = {"clean": "clean", "pgd_trades": "PGD_TRADES", "autoattack": "AutoAttack", "pgd_sat": "PGD_SAT",
+                 "fgsm": "FGSM", "cw": "CW∞"}
+FIGURE2_ROWS = ("teacher", "ard", "iad", "rslad", "sat")   # the paper's rows, plus SAT for contrast
+
+
+def color(name: str) -> tuple[float, float, float]:
+    """The colour of a method (or soft-label type); other names get a stable colour of their own."""
+    return COLORS.get(name) or _PALETTE[sum(map(ord, name)) % len(_PALETTE)]
+
+
+def styled(draw: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Draw under the kit's one style."""
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        with sns.plotting_context("talk", font_scale=0.7), sns.axes_style("whitegrid"):
+            return draw(*args, **kwargs)
+    return wrapper
+
+
+def _figure(rows: int, cols: int, width: float, height: float, **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    return fig, np.atleast_2d(fig.subplots(rows, cols, squeeze=False, **kwargs))
+
+
+def _image(x: Tensor) -> np.ndarray:
+    """(C, H, W) in [0,1] -> what imshow takes."""
+    x = x.detach().cpu()
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
+
+
+def _label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+# --- Figure 2: attention and saliency maps ---------------------------------------------------------
+
+@styled
+def attention_maps(maps: Mapping[str, Mapping[str, Tensor]], *, images: int = 4, title: str | None = None) -> Figure:
+    """Rows: models (e.g. teacher, ARD, IAD, RSLAD, SAT); for each of the first `images` examples, the
+    Grad-CAM map over the adversarial image and the SmoothGrad map. `maps[name]` is
+    `saliency.adversarial_maps`' output."""
+    names = list(maps)
+    fig, axes = _figure(len(names), 2 * images, 1.3, 1.4)
+    for r, name in enumerate(names):
+        m = maps[name]
+        for i in range(images):
+            cam_ax, sal_ax = axes[r, 2 * i], axes[r, 2 * i + 1]
+            cam_ax.imshow(_image(m["x_adv"][i]), cmap="gray", vmin=0, vmax=1)
+            cam_ax.imshow(m["gradcam"][i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            sal_ax.imshow(m["smoothgrad"][i], cmap="magma")
+            if r == 0:
+                cam_ax.set_title(f"#{i + 1} Grad-CAM", fontsize="small")
+                sal_ax.set_title(f"#{i + 1} SmoothGrad", fontsize="small")
+        axes[r, 0].set_ylabel(_label(name), color=color(name), fontweight="bold")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    fig.suptitle(title or "Attention (Grad-CAM) and saliency (SmoothGrad) on adversarial examples")
+    return fig
+
+
+@styled
+def map_similarity(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
+    """The number beside Figure 2: each student's mean rank correlation with the teacher's maps, with
+    its 95% interval, one panel per map kind. `rows` come from `saliency.similarity_rows`."""
+    kinds = ("gradcam", "smoothgrad")
+    fig, axes = _figure(1, 2, 4.2, 3.2, sharey=True)
+    for ax, kind in zip(axes[0], kinds):
+        sel = [r for r in rows if r["map"] == kind]
+        names = [r["student"] for r in sel]
+        means = np.array([r["mean"] for r in sel])
+        err = np.array([[r["mean"] - r["low"], r["high"] - r["mean"]] for r in sel]).T.reshape(2, -1)
+        ax.bar(range(len(sel)), means, color=[color(n) for n in names], yerr=np.nan_to_num(err), capsize=4)
+        ax.set_xticks(range(len(sel)), [_label(n) for n in names])
+        ax.set_title("Grad-CAM" if kind == "gradcam" else "SmoothGrad")
+        ax.axhline(0, color="black", linewidth=0.8)
+    axes[0, 0].set_ylabel("Spearman ρ with the teacher")
+    axes[0, 0].set_ylim(-1.05, 1.05)   # a correlation; the interval of a few seeds can be wider
+    seeds = max((r["seeds"] for r in rows), default=1)
+    images = max((r["images"] for r in rows), default=0)
+    fig.suptitle(title or f"Student-teacher map similarity\n(mean, 95% interval; {images} images, {seeds} seed(s))")
+    return fig
+
+
+# --- Figure 3: soft labels -------------------------------------------------------------------------
+
+@styled
+def soft_labels(probs: Mapping[str, Tensor], y: Tensor, classes: Sequence[int], class_names: Sequence[str],
+                stats: Mapping[str, Mapping[int, Mapping[str, float]]], *, title: str | None = None) -> Figure:
+    """For each class in `classes` (rows) and soft-label type (columns: RSL, NSL, SSL), the spread over
+    that class's test images of the probability given to every class (box plots); each panel's title
+    gives the type's mean entropy and mean true-class probability (`stats[kind][class]`)."""
+    kinds = list(probs)
+    fig, axes = _figure(len(classes), len(kinds), 3.6, 2.8, sharey=True)
+    for r, k in enumerate(classes):
+        for c, kind in enumerate(kinds):
+            ax = axes[r, c]
+            p = probs[kind][y == k].cpu().numpy()
+            ax.boxplot(p, positions=range(p.shape[1]), widths=0.6, patch_artist=True, showfliers=False,
+                       boxprops=dict(facecolor=color(kind), alpha=0.5), medianprops=dict(color="black"))
+            ax.plot(range(p.shape[1]), p.mean(0), "o", color=color(kind), markersize=4)
+            ax.set_xticks(range(p.shape[1]), class_names, rotation=90 if len(class_names[0]) > 2 else 0,
+                          fontsize="x-small")
+            s = stats[kind][k]
+            ax.set_title(f"{kind}, class {class_names[k]}\nH = {s['entropy']:.2f} nats, "
+                         f"p(true) = {s['true_prob']:.2f}", fontsize="small")
+        axes[r, 0].set_ylabel("probability")
+    axes[-1, len(kinds) // 2].set_xlabel("class")
+    fig.suptitle(title or "Soft labels: robust (RSL), natural (NSL), smoothed (SSL)")
+    return fig
+
+
+# --- Figure 4: which teacher? ----------------------------------------------------------------------
+
+@styled
+def teacher_study(study: Mapping[str, Any]) -> Figure:
+    """Students' robustness (mean, sd and each seed) against each teacher of the ladder, the teachers'
+    own robustness and the SAT student as a line; robust underfitting and saturation shaded. `study`
+    comes from `teacher_study.summarise`; its summary becomes the subtitle."""
+    rows = study["rows"]
+    x = np.arange(len(rows))
+    fig, axes = _figure(1, 1, 7.5, 4.6)
+    ax = axes[0, 0]
+    for i, r in enumerate(rows):
+        if r["teacher"] in study["underfitting"]:
+            ax.axvspan(i - 0.5, i + 0.5, color=_PALETTE[2], alpha=0.12, linewidth=0)
+        if r["teacher"] in study["saturation"]:
+            ax.axvspan(i - 0.5, i + 0.5, color=_PALETTE[3], alpha=0.12, linewidth=0)
+    teacher = [r["teacher_robust"] if r["teacher_robust"] is not None else np.nan for r in rows]
+    ax.plot(x, teacher, "s-", color=color("teacher"), label="teacher")
+    student = [[v for v in r["student_robust"] if v is not None] for r in rows]
+    mean = [np.mean(v) if v else np.nan for v in student]
+    sd = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in student]
+    ax.errorbar(x, mean, yerr=sd, fmt="o-", color=color("rslad"), capsize=4, label="RSLAD student")
+    for i, v in enumerate(student):
+        ax.plot([i] * len(v), v, ".", color=color("rslad"), alpha=0.5)
+    sat = [v for v in study["sat_robust"] if v is not None]
+    if sat:
+        ax.axhline(np.mean(sat), color=color("sat"), linestyle="--", label="SAT student")
+    ax.set_xticks(x, [r["teacher"] + (f"\n{_count(r['params'])}" if r.get("params") else "") for r in rows])
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_xlabel("teacher (parameters)")
+    ax.set_ylabel(f"{ATTACK_LABELS.get(study['attack'], study['attack'])} accuracy (%), eps {study['eps']:.3g}")
+    handles, labels = ax.get_legend_handles_labels()
+    patches = [matplotlib.patches.Patch(color=_PALETTE[2], alpha=0.25, label="robust underfitting"),
+               matplotlib.patches.Patch(color=_PALETTE[3], alpha=0.25, label="robust saturation")]
+    ax.legend(handles + patches, labels + [p.get_label() for p in patches], fontsize="small", loc="best")
+    shape = ("rise and fall, as in the paper" if study["rise_and_fall"] else
+             "no clear rise and fall (unlike the paper)" if study["rise_and_fall"] is not None else "unfinished")
+    fig.suptitle(f"Which teacher? {study['student']} students on {study['dataset']}\n{shape}")
+    return fig
+
+
+# --- the kit's own plots ---------------------------------------------------------------------------
+
+_NOT_LOSS = {"epoch", "lr", "seconds", "val_clean", "val_pgd_trades"}
+
+
+@styled
+def training_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], *, title: str | None = None) -> Figure:
+    """One panel per run with its loss terms per epoch, then every run's validation clean and
+    PGD_TRADES accuracy overlaid. `runs[label]` is a run's `metrics.jsonl` as a list of dicts; a label
+    that names a method (e.g. "cnn-w4-rslad-s0") gets that method's colour."""
+    cols = min(len(runs), 4)
+    rows = math.ceil(len(runs) / cols)
+    fig = Figure(figsize=(3.4 * max(cols, 2), 2.4 * rows + 3.0), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.4 * rows, 3.0])
+    loss_axes = list(top.subplots(rows, cols, squeeze=False).flat)
+    clean_ax, robust_ax = bottom.subplots(1, 2)
+    for ax, (label, records) in zip(loss_axes, runs.items()):
+        c = color(next((part for part in re.split(r"[- ]", label) if part in COLORS), label))
+        epochs = [r["epoch"] for r in records]
+        terms = [k for k in records[0] if k not in _NOT_LOSS] if records else []
+        for term, ls in zip(terms, ["-", "--", ":", "-."] * 3):
+            ax.plot(epochs, [r.get(term, np.nan) for r in records], ls, color=c, label=term)
+        ax.set(title=f"{label}: loss terms", xlabel="epoch", ylabel="loss")
+        ax.legend(fontsize="xx-small")
+        clean_ax.plot(epochs, [r.get("val_clean", np.nan) for r in records], color=c, label=label)
+        robust_ax.plot(epochs, [r.get("val_pgd_trades", np.nan) for r in records], color=c, label=label)
+    for ax in loss_axes[len(runs):]:
+        ax.remove()
+    clean_ax.set(title="validation: clean", xlabel="epoch", ylabel="accuracy (%)")
+    robust_ax.set(title="validation: PGD_TRADES", xlabel="epoch", ylabel="accuracy (%)")
+    bottom.legend(*robust_ax.get_legend_handles_labels(), loc="outside right upper", fontsize="x-small")
+    fig.suptitle(title or "Training curves")
+    return fig
+
+
+@styled
+def robust_vs_clean(points: Mapping[str, Mapping[str, Sequence[float]]], *, attack: str = "pgd_trades",
+                    title: str | None = None) -> Figure:
+    """Each method's robust accuracy against its clean accuracy: the mean over seeds with one standard
+    deviation as error bars (the paper reports single runs). `points[method] = {"clean": [...],
+    "robust": [...]}`, one value per seed."""
+    fig, axes = _figure(1, 1, 5.5, 4.4)
+    ax = axes[0, 0]
+    for name, p in points.items():
+        clean, robust = np.asarray(p["clean"], float), np.asarray(p["robust"], float)
+        if not len(clean) or not len(robust):
+            continue
+        sd = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)
+        ax.errorbar(clean.mean(), robust.mean(), xerr=sd(clean), yerr=sd(robust), fmt="o", capsize=4,
+                    color=color(name), label=f"{_label(name)} (n={len(robust)})")
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel(f"{ATTACK_LABELS.get(attack, attack)} accuracy (%)")
+    ax.legend(fontsize="small")
+    fig.suptitle(title or "Robustness against clean accuracy\n(mean ± sd over seeds)")
+    return fig
+
+
+@styled
+def adversarial_examples(x: Tensor, x_adv: Tensor, y: Tensor, predictions: Mapping[str, Tensor],
+                         class_names: Sequence[str], *, eps: float, title: str | None = None) -> Figure:
+    """One row per image: the clean image x, the perturbation amplified to the full grey range, the
+    adversarial image x' and what each model predicts on x' (green: all right, red: all wrong)."""
+    fig, axes = _figure(len(x), 4, 1.8, 1.8)
+    for i in range(len(x)):
+        delta = (x_adv[i] - x[i]) / (2 * eps) + 0.5
+        for ax, img, name in zip(axes[i], (x[i], delta, x_adv[i]), ("x", "x' - x (amplified)", "x'")):
+            ax.imshow(_image(img.clamp(0, 1)), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if i == 0:
+                ax.set_title(name, fontsize="small")
+        axes[i, 0].set_ylabel(f"label {class_names[int(y[i])]}", fontsize="small")
+        text = "\n".join(f"{_label(m)}: {class_names[int(p[i])]}" for m, p in predictions.items())
+        ok = [int(p[i]) == int(y[i]) for p in predictions.values()]
+        axes[i, 3].axis("off")
+        axes[i, 3].text(0.0, 0.5, text, transform=axes[i, 3].transAxes, va="center", fontsize="x-small",
+                        color="darkgreen" if all(ok) else "darkred" if not any(ok) else "black")
+    axes[0, 3].set_title("prediction on x'", fontsize="small")
+    fig.suptitle(title or f"Adversarial examples\n(PGD_TRADES, eps {eps:.3g})")
+    return fig
+
+
+@styled
+def eps_curves(eps: Sequence[float], curves: Mapping[str, Sequence[float]], *, attack: str = "pgd_trades",
+               train_eps: float | None = None, title: str | None = None) -> Figure:
+    """Robust accuracy against the attack's eps for a set of models (`evaluate.eps_curve`)."""
+    fig, axes = _figure(1, 1, 5.5, 4.0)
+    ax = axes[0, 0]
+    for name, acc in curves.items():
+        ax.plot(eps, acc, "o-", color=color(name), label=_label(name))
+    if train_eps is not None:
+        ax.axvline(train_eps, color="gray", linestyle=":", label="training eps")
+    ax.set_xlabel("eps (pixel scale [0, 1])")
+    ax.set_ylabel(f"{ATTACK_LABELS.get(attack, attack)} accuracy (%)")
+    ax.legend(fontsize="small")
+    fig.suptitle(title or f"Robustness against eps ({ATTACK_LABELS.get(attack, attack)})")
+    return fig
+
+
+# --- `rslad-kit figures`: every figure of a finished `reproduce` folder ----------------------------
+
+# Figure 3's two classes: the paper's Airplane and Cat; on digits 3 and 8, which look alike.
+SOFT_LABEL_CLASSES = {"cifar10": (0, 3), "cifar100": (0, 3), "digits": (3, 8)}
+SALIENCY_METHODS = ("ard", "iad", "rslad", "sat")   # Figure 2's students
+
+
+def save(fig: Figure, path: str | Path) -> list[Path]:
+    """Write `fig` as `path`.png and `path`.pdf (each atomically); returns both paths."""
+    written = []
+    for fmt in ("png", "pdf"):
+        target = Path(path).with_suffix(f".{fmt}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        train.atomic_write(target, lambda tmp: fig.savefig(tmp, format=fmt, dpi=200))
+        written.append(target)
+    return written
+
+
+def _results_plan(folder: Path, **overrides: Any):
+    presets = [name for name, p in PRESETS.items() if p.plan is not None]
+    if folder.name not in presets:
+        raise UserError(f"{folder} is not a `reproduce` results folder: its name must be a preset "
+                        f"({', '.join(presets)}), e.g. results/classroom")
+    return reproduce.build_plan(folder.name, folder.parent, **overrides)
+
+
+def _checkpoint(plan, run: str) -> Path | None:
+    """A run's best checkpoint (None: a zoo teacher, read from its own file)."""
+    if run == "teacher" and run not in plan.runs:
+        return None
+    return plan.out / "runs" / run / "best.pt"
+
+
+def _load(plan, run: str) -> torch.nn.Module:
+    path = _checkpoint(plan, run)
+    if path is None:
+        return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir)
+    return train.load_model(path).eval()
+
+
+def _arch(plan, run: str, model: torch.nn.Module) -> str:
+    """The registry architecture of a run (a zoo teacher: the registry entry of its class)."""
+    if run in plan.runs:
+        return plan.runs[run].model
+    return {models.WideResNet: "wrn-34-10", models.DMWideResNet: "wrn-70-16"}[type(models.unwrap(model))]
+
+
+def write_all(results: str | Path, out: str | Path, *, images: int = 200, against: str = "teacher",
+              sigma: float = 0.15, samples: int = 25, data_root: str = "data", progress: bool = True) -> list[Path]:
+    """Every figure of the finished `reproduce` folder `results` (e.g. results/classroom), as PNG and
+    PDF in `out`, with Figure 2's similarity table (JSON and Markdown) and Figure 3's statistics;
+    returns the files written. Trains nothing: reads the checkpoints and evaluations on disk, and
+    checks that every checkpoint it needs is there before writing anything. Figure 4 is drawn when the
+    teacher study's folder (`<preset>-teacher-study` beside `results`) holds a finished study.
+
+    `images`: test images for the maps and their similarity (at least 200 for the paper's claim);
+    `against`: Figure 2's adversarial examples are crafted against the "teacher" (every model's maps
+    on the same images, as the paper compares them) or against "each" model itself.
+    """
+    if against not in ("teacher", "each"):
+        raise UserError(f"against must be 'teacher' or 'each' (got {against!r})")
+    if images < 2:
+        raise UserError(f"--images must be at least 2 (got {images}); the paper's claim wants 200 or more")
+    folder, out = Path(results), Path(out)
+    plan = _results_plan(folder, data_root=data_root)
+    table = 4 if plan.dataset == "cifar100" else 3
+    runs = {m: plan.rows.get((table, plan.plan.students[0], m), []) for m in plan.methods}  # method -> by seed
+    seeds = [s for s, run in enumerate(runs.get("rslad", [])) if (plan.out / "runs" / run / "best.pt").is_file()]
+    soft = 7 in plan.plan.tables
+    needed = ["teacher", *(["teacher-natural"] if soft else []),
+              *[by_seed[s] for by_seed in runs.values() for s in (seeds or [0]) if s < len(by_seed)]]
+    missing = [p for r in needed if (p := _checkpoint(plan, r)) is not None and not p.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]} is missing ({len(missing)} checkpoint(s) in all); run "
+                        f"`rslad-kit reproduce --preset {plan.preset} --out {folder.parent}` first")
+
+    device = train.resolve_device(plan.base.device)
+    ds = data.load(plan.dataset, plan.base.data_root, val_size=plan.base.val_size, image_size=plan.base.image_size)
+    test = ds.test.to(device)
+    teacher = _load(plan, "teacher").to(device)
+    written: list[Path] = []
+    with tqdm(total=4, desc="figures", disable=not progress) as bar:
+        written += _figure2(plan, teacher, runs, seeds, test.take(images), out, against=against, sigma=sigma,
+                            samples=samples)
+        bar.update()
+        if soft:
+            written += _figure3(plan, teacher, _load(plan, "teacher-natural").to(device), test, ds, out)
+        bar.update()
+        written += _kit_plots(plan, teacher, runs, test.take(images), ds.classes, out)
+        bar.update()
+        study = folder.parent / f"{plan.preset}-teacher-study"
+        if (study / "teacher_study.json").is_file():
+            written += write_teacher_study(study, out)
+        else:
+            print(f"figures: no Figure 4 ({study} holds no finished study; run `rslad-kit teacher-study "
+                  f"--preset {plan.preset} --out {folder.parent}`)")
+        bar.update()
+    return written
+
+
+def _figure2(plan, teacher, runs, seeds, test, out: Path, *, against: str, sigma: float, samples: int) -> list[Path]:
+    """Maps of the teacher and of every seed's ARD, IAD, RSLAD and SAT students; their similarity."""
+    kw = dict(eps=plan.eps, sigma=sigma, samples=samples)
+    teacher_maps = saliency.adversarial_maps(teacher, _arch(plan, "teacher", teacher), test.x, test.y, **kw)
+    students: dict[str, list[dict[str, Tensor]]] = {}
+    for m in (m for m in SALIENCY_METHODS if runs.get(m)):
+        for s in seeds:
+            model = _load(plan, runs[m][s]).to(test.x.device)
+            students.setdefault(m, []).append(saliency.adversarial_maps(
+                model, plan.runs[runs[m][s]].model, test.x, test.y,
+                source=teacher if against == "teacher" else None, **kw))
+    shown = {"teacher": teacher_maps} | {m: maps[0] for m, maps in students.items()}   # seed 0
+    rows = saliency.similarity_rows(students, teacher_maps)
+    meta = {"results": str(plan.out), "against": against, "attack": "pgd_trades", "eps": plan.eps,
+            "sigma": sigma, "samples": samples, "images": len(test), "seeds": seeds, "target": "true-class logit"}
+    return [*save(attention_maps(shown, images=min(4, len(test))), out / "figure2_attention"),
+            *save(map_similarity(rows), out / "figure2_similarity"),
+            *_write_json(out / "figure2_similarity.json", meta | {"rows": rows}),
+            *_write_text(out / "figure2_similarity.md", similarity_markdown(rows, meta))]
+
+
+def _figure3(plan, teacher, natural, test, ds, out: Path) -> list[Path]:
+    """The three soft labels of the whole test set; two classes drawn, statistics for all."""
+    x, y = test.x, test.y
+    probs = train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
+    classes = SOFT_LABEL_CLASSES[plan.dataset]
+    stats = {kind: {k: train.soft_label_stats(p[y == k], y[y == k]) for k in classes}
+             | {"all": train.soft_label_stats(p, y)} for kind, p in probs.items()}
+    return [*save(soft_labels(probs, y, classes, ds.classes, stats), out / "figure3_soft_labels"),
+            *_write_json(out / "figure3_soft_labels.json",
+                         {"smoothing": plan.base.smoothing, "classes": [ds.classes[k] for k in classes],
+                          "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats.items()}})]
+
+
+def _kit_plots(plan, teacher, runs, test, class_names, out: Path) -> list[Path]:
+    """Training curves and adversarial examples of seed 0; robust vs clean over seeds; eps curves."""
+    first = {"teacher": teacher} | {m: _load(plan, by_seed[0]).to(test.x.device) for m, by_seed in runs.items()
+                                    if by_seed}
+    metrics = {m: [json.loads(line) for line in (plan.out / "runs" / by_seed[0] / "metrics.jsonl")
+                   .read_text().splitlines()] for m, by_seed in runs.items() if by_seed}
+    evals = {p.stem: json.loads(p.read_text()) for p in (plan.out / "evals").glob("*.json")}
+
+    def best(run_names: list[str], attack: str) -> list[float]:
+        return [evals[r]["best"][attack] for r in run_names if attack in evals.get(r, {}).get("best", {})]
+
+    points = {m: {"clean": best(names, "clean"), "robust": best(names, "pgd_trades")}
+              for m, names in {"teacher": ["teacher"], **runs}.items()}
+
+    k = min(6, len(test))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x_adv = attacks.white_box("pgd_trades", first.get("rslad", teacher), test.x[:k], test.y[:k], eps=plan.eps)
+    predictions = {name: evaluate.predict(model, x_adv) for name, model in first.items()}
+    grid = [round(plan.eps * f, 6) for f in (0, 0.25, 0.5, 0.75, 1, 1.5, 2) if plan.eps * f <= 1]
+    curves = {name: evaluate.eps_curve(model, test, grid) for name, model in first.items()}
+    student = plan.plan.students[0]
+    return [*save(training_curves(metrics, title=f"Training curves ({student}, seed 0)"), out / "training_curves"),
+            *save(robust_vs_clean(points), out / "robust_vs_clean"),
+            *save(adversarial_examples(test.x[:k], x_adv, test.y[:k], predictions, class_names, eps=plan.eps,
+                                       title=f"Adversarial examples\n(PGD_TRADES against RSLAD, eps {plan.eps:.3g})"),
+                  out / "adversarial_examples"),
+            *save(eps_curves(grid, curves, train_eps=plan.eps), out / "eps_curves"),
+            *_write_json(out / "eps_curves.json", {"eps": grid, "attack": "pgd_trades", "n": len(test),
+                                                   "curves": curves})]
+
+
+def write_teacher_study(folder: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Figure 4 of a finished teacher-study folder, as PNG and PDF in `out` (default: the folder)."""
+    return save(teacher_study(study_lib.load(folder)), Path(out or folder) / "figure4_teacher_study")
+
+
+def similarity_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    """Figure 2's number as a Markdown table."""
+    lines = ["# How alike are the students' and the teacher's maps?", "",
+             f"Mean Spearman rank correlation between each student's map and the teacher's, over "
+             f"{meta['images']} test images; adversarial examples by PGD_TRADES (eps {meta['eps']:.4g}) against "
+             f"{'the teacher' if meta['against'] == 'teacher' else 'each model'}; maps of the true-class logit; "
+             f"SmoothGrad sigma {meta['sigma']} of the input range, {meta['samples']} samples. The 95% interval "
+             "is across images for one seed, across seeds' means for several.", "",
+             "| student | map | mean | 95% interval | images | seeds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        interval = "—" if math.isnan(r["low"]) else f"[{r['low']:.3f}, {r['high']:.3f}]"
+        lines.append(f"| {_label(r['student'])} | {'Grad-CAM' if r['map'] == 'gradcam' else 'SmoothGrad'} | "
+                     f"{r['mean']:.3f} | {interval} | {r['images']} | {r['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, obj: Any) -> list[Path]:
+    return _write_text(path, json.dumps(obj, indent=1, allow_nan=True))
+
+
+def _write_text(path: Path, text: str) -> list[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train.write_text(path, text)
+    return [path]

@@ -1,0 +1,118 @@
+"""Grad-CAM on every architecture without side effects, SmoothGrad against its definition, and the
+map-similarity number's two anchors (a model against itself; against random maps)."""
+
+import pytest
+import torch
+
+from rslad_kit import models, saliency, train
+
+
+def small_input(arch: str, n: int = 2) -> torch.Tensor:
+    """Digits-sized input for the classroom CNNs, 32x32 RGB for the CIFAR architectures."""
+    shape = (1, 8, 8) if arch.startswith("cnn") else (3, 32, 32)
+    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def test_every_registry_architecture_has_a_gradcam_layer():
+    assert set(saliency.GRADCAM_LAYERS) == set(models.MODELS)
+
+
+def n_params(arch: str) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in models.build(arch, 10).parameters())
+
+
+BIG = sorted(a for a in models.MODELS if n_params(a) > 15_000_000)   # shape checks only: seconds to build
+SMALL = sorted(a for a in models.MODELS if a not in BIG)
+
+
+@pytest.mark.parametrize("arch", SMALL)
+def test_gradcam_runs_and_leaves_the_model_as_it_was(arch):
+    """Maps of the input's size in [0,1]; mode and requires_grad flags unchanged, in train mode, frozen
+    (like a teacher), or called under no_grad."""
+    torch.manual_seed(0)
+    x = small_input(arch)
+    model = models.build(arch, 10, in_channels=x.shape[1])
+    for frozen in (False, True):
+        model.train().requires_grad_(not frozen)
+        with torch.no_grad():
+            maps = saliency.gradcam(model, arch, x, torch.tensor([1, 2]))
+        assert maps.shape == (2, *x.shape[-2:])
+        assert maps.min() >= 0 and maps.max() <= 1
+        assert model.training
+        assert all(p.requires_grad is not frozen for p in model.parameters())
+        assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", BIG)
+def test_gradcam_layer_of_a_big_architecture_has_a_map(arch):
+    """Shapes only (on the meta device, nothing allocated): the layer exists and gives a 2-D map of at
+    least 4x4 on 32x32 CIFAR images."""
+    shapes = []
+    with torch.device("meta"):
+        model = models.build(arch, 10).eval()
+        hook = saliency.target_layer(model, arch).register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+        model(torch.empty(1, 3, 32, 32))
+    hook.remove()
+    assert len(shapes) == 1 and shapes[0][-1] >= 4 and shapes[0][-2] >= 4
+
+
+def test_the_classroom_layer_sees_at_least_4x4_on_8x8_digits():
+    model = models.build("cnn-w4", 10, in_channels=1).eval()
+    shapes = []
+    hook = saliency.target_layer(model, "cnn-w4").register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+    model(small_input("cnn-w4"))
+    hook.remove()
+    assert shapes[0][-2:] == (4, 4)
+
+
+def test_smoothgrad_is_the_average_input_gradient_over_the_same_noise():
+    torch.manual_seed(0)
+    model = models.build("cnn-w4", 10, in_channels=1).train()
+    x, y = small_input("cnn-w4", 3), torch.tensor([0, 4, 9])
+    sigma, samples = 0.2, 5
+    got = saliency.smoothgrad(model, x, y, sigma=sigma, samples=samples, generator=torch.Generator().manual_seed(7))
+    assert model.training
+
+    model.eval()
+    noise = torch.randn((samples, *x.shape), generator=torch.Generator().manual_seed(7))
+    spread = x.flatten(1).max(1).values - x.flatten(1).min(1).values
+    grads = []
+    for i in range(len(x)):   # one image and one noise sample at a time
+        for k in range(samples):
+            xi = (x[i:i + 1] + noise[k, i:i + 1] * sigma * spread[i]).requires_grad_(True)
+            grads.append(torch.autograd.grad(model(xi)[0, y[i]], xi)[0])
+    expected = torch.stack(grads).view(len(x), samples, *x.shape[1:]).mean(1).abs().amax(1)
+    torch.testing.assert_close(got, expected)
+
+
+def test_similarity_is_one_for_a_model_against_itself_and_near_zero_against_random_maps():
+    torch.manual_seed(0)
+    model = models.build("cnn-w4", 10, in_channels=1).eval()
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    maps = saliency.smoothgrad(model, x, y, samples=4, generator=torch.Generator().manual_seed(0))
+    same = saliency.map_similarity(maps, maps.clone())
+    assert same["mean"] == pytest.approx(1.0) and same["n"] == 64
+
+    random_maps = torch.rand(64, 8, 8, generator=torch.Generator().manual_seed(1))
+    other = saliency.map_similarity(maps, random_maps)
+    assert abs(other["mean"]) < 0.1
+    assert other["low"] < 0 < other["high"]   # the 95% interval covers the true value, 0
+
+
+def test_constant_maps_are_left_out_not_counted_as_agreement():
+    a = torch.rand(3, 4, 4)
+    b = a.clone()
+    b[0] = 0.5
+    result = saliency.map_similarity(a, b)
+    assert result["n"] == 2 and result["mean"] == pytest.approx(1.0)
+
+
+def test_soft_label_statistics():
+    y = torch.tensor([0, 1])
+    one_hot = torch.eye(3)[y]
+    uniform = torch.full((2, 3), 1 / 3)
+    assert train.soft_label_stats(one_hot, y) == pytest.approx({"entropy": 0.0, "true_prob": 1.0, "n": 2})
+    stats = train.soft_label_stats(uniform, y)
+    assert stats["entropy"] == pytest.approx(torch.log(torch.tensor(3.0)).item())
+    assert stats["true_prob"] == pytest.approx(1 / 3)
