@@ -7,7 +7,7 @@ a temporary file and renamed, so a kill at any moment leaves the previous checkp
 epoch's randomness is seeded from (seed, epoch), so a resumed run repeats exactly what an
 uninterrupted one does: on a CPU the final weights are bitwise identical.
 
-Taught in notebooks/03_training.ipynb.
+Taught in notebooks/04_training.ipynb.
 """
 
 from __future__ import annotations
@@ -77,18 +77,21 @@ def inner_objective(kind: str, student: nn.Module, x: Tensor, y: Tensor, t_nat: 
     raise ValueError(kind)
 
 
-def train_step(
+def loss_terms(
     student: nn.Module,
     teacher: nn.Module | None,
-    optimizer: torch.optim.Optimizer,
     x: Tensor,
     y: Tensor,
     cfg: TrainConfig,
     *,
     epoch: int = 1,
     num_classes: int | None = None,
-) -> dict[str, float]:
-    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms."""
+) -> dict[str, Tensor]:
+    """The weighted loss terms of `cfg.method` on a batch (soft labels, attack, outer loss), not stepped.
+
+    Leaves the student in train mode, as the outer minimisation runs. Taught in
+    notebooks/03_table1_losses.ipynb, which prints these terms for every row of Table 1.
+    """
     method = METHODS[cfg.method]
     objective = cfg.objective or method.attack
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -119,7 +122,22 @@ def train_step(
             "epoch": lambda: epoch,
         }
         inputs = {name: tensors[name]() for name in method.inputs}
-        terms = method.loss(**inputs, **(method.defaults | dict(cfg.loss_params)))
+        return method.loss(**inputs, **(method.defaults | dict(cfg.loss_params)))
+
+
+def train_step(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    cfg: TrainConfig,
+    *,
+    epoch: int = 1,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms."""
+    terms = loss_terms(student, teacher, x, y, cfg, epoch=epoch, num_classes=num_classes)
     loss = sum(terms.values())
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"the {cfg.method} loss became {loss.item()} at epoch {epoch}")
@@ -287,11 +305,13 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-          dataset: data_lib.Dataset | None = None, position: int = 0) -> list[dict[str, Any]]:
+          dataset: data_lib.Dataset | None = None, position: int = 0,
+          on_epoch: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Train `cfg` into the run folder `out`; returns the per-epoch metrics.
 
     `resume=True` continues the run in `out` from its last completed epoch. `dataset` lets callers
-    that train many runs load the data once; `position` is the progress bar's line.
+    that train many runs load the data once; `position` is the progress bar's line. `on_epoch` gets
+    the metrics so far after each epoch is saved (the notebooks redraw live curves with it).
     """
     out = Path(out)
     check_config(cfg)
@@ -371,6 +391,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         start = epoch
+        if on_epoch is not None:
+            on_epoch(history)
     bar.close()
     return history
 
