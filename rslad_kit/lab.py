@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import sklearn
 import torch
 from IPython.display import Markdown, clear_output, display
 from matplotlib.figure import Figure
@@ -103,8 +104,8 @@ class Lab:
 
     def train(self, cfg: config.TrainConfig, name: str, *, curves: bool = False) -> nn.Module:
         """`trained` in runs/<scale>/<name>; trains this scale's teacher first when `cfg` reads it."""
-        if cfg.teacher == "teacher" and train.needs_teacher(cfg):
-            self.teacher()
+        if cfg.teacher in ("teacher", "teacher-natural") and train.needs_teacher(cfg):
+            self.teacher(cfg.teacher)
         return trained(cfg, self.runs / self.scale / name, dataset=self.dataset(), curves=curves)
 
 
@@ -130,10 +131,8 @@ def setup(scale: str = "classroom", *, runs: str = "runs", data_root: str = "dat
 
 def environment() -> dict[str, Any]:
     """Versions, device and threads: what a run records, and what to check first when a lab misbehaves."""
-    import ipywidgets
-    import sklearn
     return {"python": platform.python_version(), **train.provenance(train.resolve_device("auto")),
-            "cores": train.available_cores(), "ipywidgets": ipywidgets.__version__,
+            "cores": train.available_cores(), "ipywidgets": widgets.__version__,
             "scikit-learn": sklearn.__version__}
 
 
@@ -316,7 +315,7 @@ def describe(cfg: config.TrainConfig | str) -> str:
     if isinstance(cfg, str):   # a RobustBench teacher: nothing to train
         return f"{cfg} (a pretrained file, not trained here)"
     a = cfg.attack
-    teacher = f", teacher {cfg.teacher}" if cfg.teacher and train.needs_teacher(cfg) else ""
+    teacher = f", distilled from {cfg.teacher}" if cfg.teacher and train.needs_teacher(cfg) else ""
     return (f"{cfg.method} · {cfg.model} on {cfg.dataset} · {cfg.epochs} epochs · eps {a.eps:.4g}, "
             f"PGD-{a.steps} step {a.step_size:.3g}{teacher}")
 
