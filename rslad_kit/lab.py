@@ -62,6 +62,8 @@ class Lab:
 
     def config(self, method: str, **overrides: Any) -> config.TrainConfig:
         """The preset's config of `method` at this scale (a student needing a teacher gets this scale's)."""
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         extra = {"epochs": self.epochs} if self.epochs else {}
         if METHODS[method].needs_teacher and "teacher" not in overrides:
             extra["teacher"] = self.teacher_spec

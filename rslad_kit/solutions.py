@@ -14,7 +14,7 @@ SOLUTIONS: dict[str, str] = {
     "00.1": """**A natural model under PGD.** Close to 0%. Nothing in natural training asks for a stable
 prediction inside the ε-ball, and ε = 0.2 is a fifth of the pixel range: PGD-20 finds a perturbation for
 almost every image. FGSM, one step, already removes most of the accuracy.""",
-    "00.2": """**Is the student as robust as its teacher?** Usually not: the student has fewer channels than
+    "00.2": """**Is the student as robust as its teacher?** Usually not: the student is much smaller than
 the teacher, and capacity limits robustness. It is far more robust than the natural model, though, and
 typically at or above a SAT student of its size (notebook 04 trains one). Remember the noise: one seed,
 360 test images (one image is 0.28 points).""",
@@ -44,7 +44,7 @@ in its loss nor in its attack (the attack maximises KL to T(x)). Do the same wit
 their terms change, because they read y.""",
     "03.2": """**The official ×0.1 at classroom scale.** The gradient is ten times smaller, which with SGD is
 a ten times smaller learning rate. On CIFAR-10 the official recipe has 300 epochs of 390 steps to make
-up for it; the classroom has 40 epochs of about 10 steps, so a ×0.1 student barely moves and stays far
+up for it; the classroom has a few hundred steps in all, so a ×0.1 student barely moves and stays far
 less robust than the batchmean one. That is why the classroom preset uses `kl_scale = 1`
 (docs/classroom_regime.md).""",
     "04.1": """**RSLAD versus SAT.** RSLAD usually matches or beats SAT under PGD at this scale, and keeps a

@@ -142,6 +142,8 @@ def test_lab_configs_follow_the_preset():
     assert L.eps == preset("classroom", "sat").attack.eps
     assert lab.Lab("cifar10", Path("runs")).teacher_spec.startswith("robustbench:")
     assert lab.Lab("classroom", Path("runs"), epochs=3).config("rslad").epochs == 3
+    with pytest.raises(UserError, match="unknown method 'rsald'"):
+        L.config("rsald")
 
 
 def test_trained_caches_resumes_and_refuses_other_settings(tmp_path):
