@@ -98,11 +98,12 @@ class Lab:
         return config.override(self.config(recipe["method"]), **recipe)
 
     def teacher(self, kind: str = "teacher") -> nn.Module:
-        """This scale's teacher, in eval mode: trained once into runs/<scale>/<kind>, or a RobustBench file."""
+        """This scale's teacher, frozen and in eval mode: trained once into runs/<scale>/<kind>, or a
+        RobustBench file."""
         spec = self.teacher_config(kind)
         if isinstance(spec, str):
-            return models.load_teacher(spec, self.config("sat").dataset, self.model_dir).eval()
-        return self.train(spec, kind)
+            return models.load_teacher(spec, self.config("sat").dataset, self.model_dir)
+        return self.train(spec, kind).requires_grad_(False)
 
     def train(self, cfg: config.TrainConfig, name: str, *, curves: bool = False) -> nn.Module:
         """`trained` in runs/<scale>/<name>; trains this scale's teacher first when `cfg` reads it."""
