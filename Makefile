@@ -1,4 +1,4 @@
-# Two commands: `make demo` and `make test`. Both create or reuse .venv.
+# `make demo`, `make test` and `make lab`. Each creates or reuses .venv.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,10 +9,15 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test clean
+.PHONY: demo test lab clean
 
 demo: $(STAMP)
 	$(BIN)/rslad-kit reproduce --preset classroom
+
+# The notebooks in order (notebooks/README.md). Installs nothing beyond `make demo`; two threads
+# for the one kernel a student runs at a time.
+lab: $(STAMP)
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/jupyter lab --notebook-dir=notebooks
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile
@@ -24,4 +29,4 @@ $(STAMP): pyproject.toml requirements-pinned.txt
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache notebooks/runs

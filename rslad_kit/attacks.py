@@ -172,6 +172,40 @@ def white_box(name: str, model: nn.Module, x: Tensor, y: Tensor, *, eps: float) 
                random_start=spec.random_start)
 
 
+@dataclass(frozen=True)
+class Perturbation:
+    """What an attack did to a few images: the images, the perturbation, predictions before and after."""
+
+    x: Tensor
+    x_adv: Tensor
+    y: Tensor
+    pred: Tensor          # predicted class on x
+    pred_adv: Tensor      # predicted class on x'
+    confidence_adv: Tensor  # softmax probability of pred_adv
+
+    @property
+    def delta(self) -> Tensor:
+        return self.x_adv - self.x
+
+    @property
+    def max_delta(self) -> float:
+        """max |x' - x|: never above eps."""
+        return self.delta.abs().max().item()
+
+
+def perturbation(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, attack: str = "pgd_trades") -> Perturbation:
+    """Run a WHITE_BOX attack on a few images and keep everything a picture of it needs.
+
+    The model is used as given (put it in eval mode). Taught in notebooks/02_attacks.ipynb (the eps slider).
+    """
+    x_adv = white_box(attack, model, x, y, eps=eps)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+        probs_adv = F.softmax(model(x_adv), dim=1)
+    confidence_adv, pred_adv = probs_adv.max(1)
+    return Perturbation(x, x_adv, y, pred, pred_adv, confidence_adv)
+
+
 # --- AutoAttack and Square through pyautoattack ---------------------------------------------------
 
 class _Collect(logging.Handler):

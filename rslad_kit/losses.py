@@ -13,7 +13,7 @@ over B*C elements (x10 on CIFAR-100), i.e. batchmean/10 on both datasets; ARD ta
 (batchmean/C) times tau^2; TRADES and IAD take batchmean. `kl` is always batchmean; each loss takes a
 `kl_scale` that paper-faithful presets set (0.1 for RSLAD, 1/C for ARD), never a hidden constant.
 
-Taught in notebooks/03_training.ipynb.
+Taught in notebooks/03_table1_losses.ipynb.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ uninterrupted one does: on a CPU the final weights are bitwise identical, and on
 trains data-parallel (rslad_kit/distributed.py); `cuda_graphs=True` replays the attack from CUDA
 graphs (rslad_kit/graphs.py).
 
-Taught in notebooks/03_training.ipynb.
+Taught in notebooks/04_training.ipynb.
 """
 
 from __future__ import annotations
@@ -100,10 +100,9 @@ def inner_objective(kind: str, student: nn.Module, x: Tensor, y: Tensor, t_nat: 
     raise ValueError(kind)
 
 
-def train_step(
+def loss_terms(
     student: nn.Module,
     teacher: nn.Module | None,
-    optimizer: torch.optim.Optimizer,
     x: Tensor,
     y: Tensor,
     cfg: TrainConfig,
@@ -111,11 +110,13 @@ def train_step(
     epoch: int = 1,
     num_classes: int | None = None,
     attack: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
-) -> dict[str, float]:
-    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms.
+) -> dict[str, Tensor]:
+    """The weighted loss terms of `cfg.method` on a batch (soft labels, attack, outer loss), not stepped.
 
-    `student` may be wrapped in DistributedDataParallel: the attack runs on the module inside it.
-    `attack(x, y, t_nat)` replaces the eager attack (graphs.GraphedPGD, built by `train`).
+    Leaves the student in train mode, as the outer minimisation runs. `student` may be wrapped in
+    DistributedDataParallel: the attack runs on the module inside it. `attack(x, y, t_nat)` replaces
+    the eager attack (graphs.GraphedPGD, built by `train`). Taught in notebooks/03_table1_losses.ipynb,
+    which prints these terms for every row of Table 1.
     """
     method = METHODS[cfg.method]
     objective = cfg.objective or method.attack
@@ -149,7 +150,23 @@ def train_step(
             "epoch": lambda: epoch,
         }
         inputs = {name: tensors[name]() for name in method.inputs}
-        terms = method.loss(**inputs, **(method.defaults | dict(cfg.loss_params)))
+        return method.loss(**inputs, **(method.defaults | dict(cfg.loss_params)))
+
+
+def train_step(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    cfg: TrainConfig,
+    *,
+    epoch: int = 1,
+    num_classes: int | None = None,
+    attack: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
+) -> dict[str, float]:
+    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms."""
+    terms = loss_terms(student, teacher, x, y, cfg, epoch=epoch, num_classes=num_classes, attack=attack)
     loss = sum(terms.values())
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"the {cfg.method} loss became {loss.item()} at epoch {epoch}")
@@ -296,11 +313,13 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-          dataset: data_lib.Dataset | None = None, position: int = 0) -> list[dict[str, Any]]:
+          dataset: data_lib.Dataset | None = None, position: int = 0,
+          on_epoch: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Train `cfg` into the run folder `out`; returns the per-epoch metrics.
 
     `resume=True` continues the run in `out` from its last completed epoch. `dataset` lets callers
-    that train many runs load the data once; `position` is the progress bar's line.
+    that train many runs load the data once; `position` is the progress bar's line. `on_epoch` gets
+    the metrics so far after each epoch is saved (the notebooks redraw live curves with it).
     """
     out = Path(out)
     # --- cheap checks first: names, values, the folder, the resume state; then data and models
@@ -319,11 +338,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     with runs.lock(out, "training run") if dist_lib.launched_rank() == 0 else contextlib.nullcontext():
         if not resume and last_path.is_file():   # another process started this run meanwhile
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        return _train(cfg, out, state, dataset, progress=progress, position=position)
+        return _train(cfg, out, state, dataset, progress=progress, position=position, on_epoch=on_epoch)
 
 
 def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Dataset | None, *,
-           progress: bool, position: int) -> list[dict[str, Any]]:
+           progress: bool, position: int,
+           on_epoch: Callable[[list[dict[str, Any]]], None] | None) -> list[dict[str, Any]]:
     """The body of `train`, in the locked run folder `out`; `state` is the checkpoint to resume from."""
     last_path = out / "last.pt"
     gpu.set_deterministic(cfg.deterministic)
@@ -420,6 +440,8 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         start = epoch
+        if on_epoch is not None:
+            on_epoch(history)
     bar.close()
     return history
 

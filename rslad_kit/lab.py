@@ -1,0 +1,330 @@
+"""What the classroom notebooks share: one parameters convention for both scales, cached runs,
+training with live curves, the eps explorer, and a button for expensive steps.
+
+Every notebook starts with a cell tagged `parameters`:
+
+    SCALE = "classroom"       # "classroom": digits on a CPU; "cifar10": the paper's scale, on a GPU
+    DATA_ROOT = "../data"     # cifar10: the folder holding cifar-10-batches-py/
+    MODEL_DIR = "../models"   # cifar10: RobustBench's layout, models/cifar10/Linf/<name>.pt
+    RUNS = "runs"             # trained models are cached here: a rerun does not retrain
+    EPOCHS = None             # None: the preset's schedule
+
+CI overrides it through nbmake's `mock` metadata (SCALE = "smoke": two epochs). `setup` turns these
+values into a `Lab`. This module sits on the top floor beside `cli` and `report`: it calls the API
+and draws; it adds no science. Taught from notebooks/00_setup_and_story.ipynb on.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import platform
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import sklearn
+import torch
+from IPython.display import Markdown, clear_output, display
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from rslad_kit import attacks as atk
+from rslad_kit import config, data, models, train
+from rslad_kit.errors import UserError
+from rslad_kit.losses import METHODS
+
+SCALES = ("classroom", "cifar10", "smoke")   # smoke: what CI runs; two epochs of the classroom
+
+
+# --- one parameters cell, both scales ------------------------------------------------------------
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, root: str, val_size: int | None, image_size: int | None) -> data.Dataset:
+    return data.load(name, root, val_size=val_size, image_size=image_size)
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A notebook's scale: its preset, where data and teachers live, and where runs are cached."""
+
+    scale: str
+    runs: Path                 # run folders are runs/<scale>/<name>; students find "teacher" beside them
+    data_root: str = "data"
+    model_dir: str = "models"
+    epochs: int | None = None  # None: the preset's schedule
+
+    def config(self, method: str, **overrides: Any) -> config.TrainConfig:
+        """The preset's config of `method` at this scale (a student needing a teacher gets this scale's)."""
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        extra = {"epochs": self.epochs} if self.epochs else {}
+        if METHODS[method].needs_teacher and "teacher" not in overrides:
+            extra["teacher"] = self.teacher_spec
+        return config.preset(self.scale, method, data_root=self.data_root, model_dir=self.model_dir,
+                             **extra, **overrides)
+
+    @property
+    def eps(self) -> float:
+        return self.config("sat").attack.eps
+
+    @property
+    def teacher_spec(self) -> str:
+        """What a student's `teacher` field names: a RobustBench teacher, or the sibling run "teacher"."""
+        recipe = config.PRESETS[self.scale].plan.teacher
+        return recipe if isinstance(recipe, str) else "teacher"
+
+    @property
+    def autoattack_only(self) -> tuple[str, ...] | None:
+        """None (the standard AutoAttack) except at smoke scale, which runs APGD-CE only."""
+        return config.PRESETS[self.scale].plan.autoattack
+
+    def dataset(self) -> data.Dataset:
+        cfg = self.config("sat")
+        return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+
+    def teacher_config(self, kind: str = "teacher") -> config.TrainConfig | str:
+        """The recipe of this scale's robust teacher ("teacher") or natural one ("teacher-natural")."""
+        plan = config.PRESETS[self.scale].plan
+        recipe = plan.teacher if kind == "teacher" else plan.natural_teacher
+        if isinstance(recipe, str):
+            return recipe
+        return config.override(self.config(recipe["method"]), **recipe)
+
+    def teacher(self, kind: str = "teacher") -> nn.Module:
+        """This scale's teacher, frozen and in eval mode: trained once into runs/<scale>/<kind>, or a
+        RobustBench file."""
+        spec = self.teacher_config(kind)
+        if isinstance(spec, str):
+            return models.load_teacher(spec, self.config("sat").dataset, self.model_dir)
+        return self.train(spec, kind).requires_grad_(False)
+
+    def train(self, cfg: config.TrainConfig, name: str, *, curves: bool = False) -> nn.Module:
+        """`trained` in runs/<scale>/<name>; trains this scale's teacher first when `cfg` reads it."""
+        if cfg.teacher in ("teacher", "teacher-natural") and train.needs_teacher(cfg):
+            self.teacher(cfg.teacher)
+        return trained(cfg, self.runs / self.scale / name, dataset=self.dataset(), curves=curves)
+
+
+def setup(scale: str = "classroom", *, runs: str = "runs", data_root: str = "data", model_dir: str = "models",
+          epochs: int | None = None, threads: int | None = None) -> Lab:
+    """Check the notebook's parameters and set torch's thread count (oversubscription slows attacks).
+
+    `threads=None`: OMP_NUM_THREADS when set (`make lab` sets 2; `make test` runs notebooks side by
+    side with 1 each), else 2, a laptop's cores.
+
+    Smoke runs are CI's: their folder, runs/smoke, is emptied here, so a changed preset never meets
+    a stale cache. Classroom and CIFAR-10 runs are kept and reused.
+    """
+    if scale not in SCALES:
+        raise UserError(f"unknown SCALE {scale!r}; set it to one of {', '.join(SCALES)} in the parameters cell")
+    if scale == "cifar10" and not torch.cuda.is_available():
+        print("SCALE = 'cifar10' on a CPU: expect hours per run; the classroom scale is made for CPUs.")
+    torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", 2)))
+    if scale == "smoke":
+        shutil.rmtree(Path(runs) / "smoke", ignore_errors=True)
+    return Lab(scale, Path(runs), data_root, model_dir, epochs)
+
+
+def environment() -> dict[str, Any]:
+    """Versions, device and threads: what a run records, and what to check first when a lab misbehaves."""
+    return {"python": platform.python_version(), **train.provenance(train.resolve_device("auto")),
+            "cores": train.available_cores(), "ipywidgets": widgets.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+# --- cached runs ----------------------------------------------------------------------------------
+
+def history(out: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics of the run in `out` (metrics.jsonl)."""
+    path = Path(out) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def trained(cfg: config.TrainConfig, out: str | Path, *, dataset: data.Dataset | None = None,
+            curves: bool = False) -> nn.Module:
+    """The best checkpoint of `cfg` in `out`, in eval mode: trained if missing, resumed if interrupted.
+
+    A finished run is reused only if it was trained with the same config. `curves` draws the loss
+    terms and validation accuracy, redrawn after every epoch while training.
+    """
+    out = Path(out)
+    if train.is_finished(out):
+        saved = config.from_dict(train.checkpoint_info(out / "last.pt")["meta"]["config"])
+        if saved != cfg:
+            raise UserError(f"{out} holds a run trained with other settings; delete that folder or choose "
+                            "another RUNS folder in the parameters cell")
+        print(f"{out}: already trained, loaded from disk")
+        if curves:
+            _show(training_curves(history(out), out.name))
+    else:
+        live = LiveCurves(out.name) if curves else None
+        train.train(cfg, out, resume=(out / "last.pt").is_file(), dataset=dataset, on_epoch=live)
+    return train.load_model(out)
+
+
+# --- figures (the figures module takes these over: same names, same arguments) --------------------
+
+def _show(fig: Figure) -> None:
+    display(fig)
+    plt.close(fig)
+
+
+def training_curves(history: list[dict[str, Any]], title: str = "") -> Figure:
+    """Loss terms (left) and validation accuracy (right) per epoch, from a run's metrics."""
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3), layout="constrained")
+    epochs = [h["epoch"] for h in history]
+    terms = [k for k in (history[0] if history else {}) if k not in ("epoch", "lr", "seconds")
+             and not k.startswith("val_")]
+    for key in terms:
+        ax_loss.plot(epochs, [h[key] for h in history], label=key)
+    for key, label in (("val_clean", "clean"), ("val_pgd_trades", "PGD_TRADES")):
+        ax_val.plot(epochs, [h.get(key, math.nan) for h in history], marker=".", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title=f"{title}: loss terms")
+    ax_val.set(xlabel="epoch", ylabel="validation accuracy (%)", ylim=(0, 100), title=f"{title}: validation")
+    for ax in (ax_loss, ax_val):
+        ax.legend(fontsize=8)
+    return fig
+
+
+class LiveCurves:
+    """An `on_epoch` hook for `train.train` that redraws `training_curves` in place after every epoch."""
+
+    def __init__(self, title: str = "") -> None:
+        self.title, self.handle, self.figure = title, None, None
+
+    def __call__(self, history: list[dict[str, Any]]) -> None:
+        self.figure = training_curves(history, self.title)
+        if self.handle is None:
+            self.handle = display(self.figure, display_id=True)
+        else:
+            self.handle.update(self.figure)
+        plt.close(self.figure)
+
+
+def perturbation_figure(p: atk.Perturbation) -> Figure:
+    """Three rows per image: x with its prediction, the perturbation (grey = 0), x' with its prediction."""
+    n = len(p.x)
+    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5), squeeze=False, layout="constrained")
+    scale = max(p.max_delta, 1e-12)
+    rows = (("x", p.x, p.pred, None), ("x' - x", 0.5 + p.delta / (2 * scale), None, None),
+            ("x'", p.x_adv, p.pred_adv, p.confidence_adv))
+    for r, (label, images, pred, conf) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            image = images[i].permute(1, 2, 0).squeeze(-1).cpu().clamp(0, 1).numpy()
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            if pred is not None:
+                text = f"{pred[i].item()}" + (f" ({conf[i].item():.0%})" if conf is not None else "")
+                ax.set_title(text, color="green" if pred[i] == p.y[i] else "red", fontsize=9)
+        axes[r, 0].set_ylabel(label)
+    fig.suptitle(f"max |x' - x| = {p.max_delta:.3f}")
+    return fig
+
+
+# --- widgets ---------------------------------------------------------------------------------------
+
+class EpsExplorer:
+    """An eps slider that reruns a white-box attack on a few images and redraws x, x' - x, x' and the
+    predictions. Cheap enough for a slider: a PGD-20 on a handful of images."""
+
+    def __init__(self, models_by_name: dict[str, nn.Module], x: Tensor, y: Tensor, *, eps: float,
+                 attack: str = "pgd_trades") -> None:
+        self.models, self.x, self.y = {k: m.eval() for k, m in models_by_name.items()}, x, y
+        self.model = widgets.Dropdown(options=list(self.models), description="model")
+        self.attack = widgets.Dropdown(options=list(atk.WHITE_BOX), value=attack, description="attack")
+        self.slider = widgets.FloatSlider(value=eps, min=0.0, max=min(1.0, 2.5 * eps), step=eps / 20,
+                                          description="ε", readout_format=".3f", continuous_update=False)
+        self.output = widgets.Output()
+        for control in (self.model, self.attack, self.slider):
+            control.observe(lambda _change: self.draw(), names="value")
+        self.summary: atk.Perturbation | None = None
+        self.figure: Figure | None = None
+        self.draw()
+
+    def draw(self) -> None:
+        if self.slider.value <= 0:   # eps = 0 is no attack: show the clean predictions
+            self.summary = atk.Perturbation(self.x, self.x, self.y, *self._clean())
+        else:
+            self.summary = atk.perturbation(self.models[self.model.value], self.x, self.y,
+                                            eps=self.slider.value, attack=self.attack.value)
+        self.figure = perturbation_figure(self.summary)   # kept: what the output shows, for tests
+        with self.output:
+            clear_output(wait=True)
+            _show(self.figure)
+
+    def _clean(self) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            probs = torch.softmax(self.models[self.model.value](self.x), dim=1)
+        confidence, pred = probs.max(1)
+        return pred, pred, confidence
+
+    def _ipython_display_(self) -> None:
+        display(widgets.VBox([widgets.HBox([self.model, self.attack]), self.slider, self.output]))
+
+
+class RunButton:
+    """A button for an expensive step: nothing runs until it is clicked; what the step returns or
+    prints appears below it. `result` keeps the step's return value."""
+
+    def __init__(self, description: str, step: Callable[[], Any]) -> None:
+        self.step, self.result = step, None
+        self.button = widgets.Button(description=description, layout=widgets.Layout(width="auto"))
+        self.output = widgets.Output()
+        self.button.on_click(lambda _button: self.run())
+
+    def run(self) -> Any:
+        self.button.disabled = True
+        try:
+            with self.output:
+                self.result = self.step()
+                if self.result is not None:
+                    display(self.result)
+        finally:
+            self.button.disabled = False
+        return self.result
+
+    def _ipython_display_(self) -> None:
+        display(widgets.VBox([self.button, self.output]))
+
+
+# --- teaching helpers ------------------------------------------------------------------------------
+
+@contextmanager
+def expect_error() -> Iterator[None]:
+    """Show the one-line UserError the block raises (the kit's answer to bad input); fail if none."""
+    try:
+        yield
+    except UserError as e:
+        print(f"UserError: {e}")
+    else:
+        raise AssertionError("expected a UserError, and the block ran without one")
+
+
+def has_results(preset: str, results: str | Path) -> bool:
+    """Whether `rslad-kit reproduce --preset <preset>` has written its tables under `results`."""
+    return (Path(results) / preset / "summary.md").is_file()
+
+
+def describe(cfg: config.TrainConfig | str) -> str:
+    """One line: what a run trains, on what, for how long, against which attack (or a teacher's spec)."""
+    if isinstance(cfg, str):   # a RobustBench teacher: nothing to train
+        return f"{cfg} (a pretrained file, not trained here)"
+    a = cfg.attack
+    teacher = f", distilled from {cfg.teacher}" if cfg.teacher and train.needs_teacher(cfg) else ""
+    return (f"{cfg.method} · {cfg.model} on {cfg.dataset} · {cfg.epochs} epochs · eps {a.eps:.4g}, "
+            f"PGD-{a.steps} step {a.step_size:.3g}{teacher}")
+
+
+def accuracy_table(rows: dict[str, dict[str, Any]], attacks: list[str]) -> Markdown:
+    """Evaluation rows (`evaluate.evaluate`) as a Markdown table: one line per model, accuracy in %."""
+    lines = ["| model | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{row[a]:.1f}" for a in attacks) + " |" for name, row in rows.items()]
+    return Markdown("\n".join(lines))

@@ -1,0 +1,72 @@
+"""Solutions to the notebooks' exercises, kept out of the notebooks so a student predicts first.
+
+In a notebook, `solutions.show("02.1")` prints the answer to exercise 1 of notebook 02. Answers say
+what to expect and why, not numbers: those come from your own run. Instructors: notebooks/README.md.
+"""
+
+from __future__ import annotations
+
+from IPython.display import Markdown, display
+
+from rslad_kit.errors import UserError
+
+SOLUTIONS: dict[str, str] = {
+    "00.1": """**A natural model under PGD.** Close to 0%. Nothing in natural training asks for a stable
+prediction inside the ε-ball, and ε = 0.2 is a fifth of the pixel range: PGD-20 finds a perturbation for
+almost every image. FGSM, one step, already removes most of the accuracy.""",
+    "00.2": """**Is the student as robust as its teacher?** Usually not: the student is much smaller than
+the teacher, and capacity limits robustness. It is far more robust than the natural model, though, and
+typically at or above a SAT student of its size (notebook 04 trains one). Remember the noise: one seed,
+360 test images (one image is 0.28 points).""",
+    "01.1": """**ε in grey levels.** ε = 0.2 on [0, 1] is 0.2 × 255 = 51 grey levels per pixel on the digits,
+whose 8×8 images are coarse and high-contrast. CIFAR-10's 8/255 is 8 grey levels. The classroom needs a
+larger ε for the attack to matter on such images; the regime study (docs/classroom_regime.md) chose it.""",
+    "01.2": """**Normalising twice.** The model normalises inside, so an input normalised outside is
+normalised again: its values no longer look like anything the model was trained on, and accuracy falls,
+often to near chance. Worse, ε is then measured in the wrong units: an attack on normalised inputs with
+ε = 8/255 is a different (usually larger) ball in pixel space. Keep tensors in [0, 1]; the kit refuses
+anything else (`UserError: inputs must lie in [0,1]`).""",
+    "02.1": """**Which objective finds the most adversarial examples?** FGSM (one step) is the weakest;
+PGD-20 on cross-entropy and PGD-20 on the CW margin are close, the CW margin often slightly stronger on
+robust models because its loss does not saturate. PGD-KL never reads y: it pushes the prediction away from
+the model's own clean output, so on images the model already gets wrong it does nothing useful. It is
+an attack for *training* (TRADES, RSLAD), not the one to report.""",
+    "02.2": """**Sliding ε.** The natural model loses almost every image at small ε; the robust teacher
+degrades gradually. Look at the perturbation for the robust model: it tends to look like strokes of
+another digit (perceptually aligned gradients), while the natural model's perturbation looks like noise.
+Note `max |x' - x|` never exceeds ε: the attack projects onto the ball.""",
+    "02.3": """**AutoAttack versus PGD.** AutoAttack takes, for each image, the worst of four attacks
+(APGD-CE, APGD-T, FAB-T, Square), so its accuracy is at most PGD's up to noise from its random starts,
+and usually a little lower. A large gap, or Square beating the gradient attacks, is the sign of gradient
+masking: `evaluate` warns about it.""",
+    "03.1": """**Shuffled labels.** The RSLAD terms do not change at all: RSLAD reads no hard label, neither
+in its loss nor in its attack (the attack maximises KL to T(x)). Do the same with `"sat"` or `"trades"`:
+their terms change, because they read y.""",
+    "03.2": """**The official ×0.1 at classroom scale.** The gradient is ten times smaller, which with SGD is
+a ten times smaller learning rate. On CIFAR-10 the official recipe has 300 epochs of 390 steps to make
+up for it; the classroom has a few hundred steps in all, so a ×0.1 student barely moves and stays far
+less robust than the batchmean one. That is why the classroom preset uses `kl_scale = 1`
+(docs/classroom_regime.md).""",
+    "04.1": """**RSLAD versus SAT.** RSLAD usually matches or beats SAT under PGD at this scale, and keeps a
+higher clean accuracy, because the teacher's soft labels carry more than a one-hot label: how unsure the
+teacher is, and which classes look alike. Whether the difference exceeds the seed noise is a question for
+`rslad-kit reproduce` (notebook 08), which trains three seeds.""",
+    "04.2": """**RSLAD from the natural teacher (NSL, Table 7).** PGD accuracy falls, often a lot: a natural
+teacher's soft labels are confident and non-robust, and under attack they change completely, so the
+student learns to match a non-robust function. Clean accuracy may stay high. This is the paper's point:
+the soft labels must come from a *robust* teacher.""",
+    "08.1": """**Which claims hold on digits?** Read `summary.md`: each claim is checked against the seed
+noise. Expect the large effects (robust versus natural, RSL versus NSL) to hold, and the small ones
+between distillation methods to be within the noise on 3 seeds of a small model. A difference smaller
+than the seed-to-seed standard deviation is not evidence either way.""",
+    "08.2": """**Does `rslad+ce` help?** Adding a hard-label term moves RSLAD towards ARD and SAT. Expect
+clean accuracy to move slightly and PGD accuracy to stay within the seed noise of RSLAD's at this scale;
+the table tells you, with the seed standard deviations beside each mean.""",
+}
+
+
+def show(key: str) -> None:
+    """Display the solution to exercise `key` ("<notebook>.<exercise>", e.g. "02.1")."""
+    if key not in SOLUTIONS:
+        raise UserError(f"no solution {key!r}; known: {', '.join(SOLUTIONS)}")
+    display(Markdown(SOLUTIONS[key]))
