@@ -301,6 +301,7 @@ def write(plan: Plan, seconds: float | None = None) -> list[Path]:
              f"{len(plan.seeds)} seed(s) per student; eps = {plan.eps:.4g}; dataset {plan.dataset}; "
              f"students {', '.join(plan.plan.students)}; teacher {plan.teacher_spec}.",
              f"Wall-clock time of this invocation: {seconds / 60:.1f} min." if seconds is not None else "",
+             *(["", plan.plan.note] if plan.plan.note else []),
              "", f"## Students ranked (best checkpoints, {student_label(plan)})", "", *rankings(plan), "",
              "## The paper's claims on these numbers", "",
              "Each claim compares two methods paired by seed (the same seed gives both the same initialisation "

@@ -215,3 +215,15 @@ def test_the_classroom_budget_and_full():
     full = reproduce.build_plan("classroom", full=True)
     assert f"{s}-ard_min+rslad_max-s2" in full.runs
     assert {"autoattack"} <= full.evaluations[f"{s}-sat-s2"]["last"]
+
+
+def test_the_presets_note_opens_the_summary(tmp_path):
+    """The classroom's note (what digits can and cannot show) is printed at the top of its summary."""
+    plan = reproduce.build_plan("classroom", out=tmp_path)
+    assert "not the paper's" in plan.plan.note
+    plan.out.mkdir(parents=True)   # a folder reproduce has started: no results in it yet
+    report.write(plan)
+    summary = (tmp_path / "classroom" / "summary.md").read_text()
+    assert plan.plan.note in summary
+    assert summary.index(plan.plan.note) < summary.index("## Students ranked")
+    assert not reproduce.build_plan("smoke", out=tmp_path).plan.note
