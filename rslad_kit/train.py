@@ -80,6 +80,14 @@ def soft_label_stats(probs: Tensor, y: Tensor) -> dict[str, float | int]:
             "n": len(y)}
 
 
+def soft_label_class_stats(probs: dict[str, Tensor], y: Tensor, classes: tuple[int, ...] | list[int]
+                           ) -> dict[str, dict[int | str, dict[str, float | int]]]:
+    """`soft_label_stats` of each soft-label type (`soft_label_sets`) on the images of each class in
+    `classes`, and on all images ("all"): what Figure 3's panel titles and its table read."""
+    return {kind: {k: soft_label_stats(p[y == k], y[y == k]) for k in classes} | {"all": soft_label_stats(p, y)}
+            for kind, p in probs.items()}
+
+
 def _eval_probs(model: nn.Module, x: Tensor) -> Tensor:
     was_training = model.training
     model.eval()

@@ -116,3 +116,12 @@ def test_soft_label_statistics():
     stats = train.soft_label_stats(uniform, y)
     assert stats["entropy"] == pytest.approx(torch.log(torch.tensor(3.0)).item())
     assert stats["true_prob"] == pytest.approx(1 / 3)
+
+
+def test_soft_label_statistics_per_class_and_overall():
+    y = torch.tensor([0, 1, 1])
+    probs = {"RSL": torch.eye(3)[y], "SSL": torch.full((3, 3), 1 / 3)}
+    stats = train.soft_label_class_stats(probs, y, (1,))
+    assert set(stats) == {"RSL", "SSL"} and set(stats["RSL"]) == {1, "all"}
+    assert stats["RSL"][1]["n"] == 2 and stats["RSL"]["all"]["n"] == 3
+    assert stats["SSL"][1]["true_prob"] == pytest.approx(1 / 3)
