@@ -51,10 +51,11 @@ less robust than the batchmean one. That is why the classroom preset uses `kl_sc
 higher clean accuracy, because the teacher's soft labels carry more than a one-hot label: how unsure the
 teacher is, and which classes look alike. Whether the difference exceeds the seed noise is a question for
 `rslad-kit reproduce` (notebook 08), which trains three seeds.""",
-    "04.2": """**RSLAD from the natural teacher (NSL, Table 7).** PGD accuracy falls, often a lot: a natural
-teacher's soft labels are confident and non-robust, and under attack they change completely, so the
-student learns to match a non-robust function. Clean accuracy may stay high. This is the paper's point:
-the soft labels must come from a *robust* teacher.""",
+    "04.2": """**RSLAD from the natural teacher (NSL, Table 7).** In the paper, PGD accuracy falls by several
+points while clean accuracy barely moves: a natural teacher's soft labels are confident and non-robust,
+and the student learns to match them. The student still trains on adversarial examples, though, so it
+is far from a natural model. At classroom scale the gap is a few points on one seed, no larger than the
+seed noise, and NSL can come out ahead: notebook 05 and `make demo`'s Table 7 (3 seeds) look closer.""",
     "05.1": """**Which soft label is most concentrated?** NSL and SSL put most of their mass on the true
 class; RSL the least, and it is the most spread out (highest entropy). A natural teacher is confident on
 clean images: its boxes sit near 1 on the true class and near 0 elsewhere, which is the paper's "NSL
