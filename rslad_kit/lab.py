@@ -1,5 +1,6 @@
 """What the classroom notebooks share: one parameters convention for both scales, cached runs,
-training with live curves, the eps explorer, and a button for expensive steps.
+training with live curves, the eps and attention-map explorers, the reduced teacher study, and a
+button for expensive steps.
 
 Every notebook starts with a cell tagged `parameters`:
 
@@ -11,7 +12,7 @@ Every notebook starts with a cell tagged `parameters`:
 
 CI overrides it through nbmake's `mock` metadata (SCALE = "smoke": two epochs). `setup` turns these
 values into a `Lab`. This module sits on the top floor beside `cli` and `report`: it calls the API
-and draws; it adds no science. Taught from notebooks/00_setup_and_story.ipynb on.
+and draws (through `figures`); it adds no science. Taught from notebooks/00_setup_and_story.ipynb on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import ipywidgets as widgets
+import matplotlib
 import matplotlib.pyplot as plt
 import sklearn
 import torch
@@ -159,6 +161,9 @@ def setup(scale: str = "classroom", *, runs: str = "runs", data_root: str = "dat
     if scale == "cifar10" and not torch.cuda.is_available():
         print("SCALE = 'cifar10' on a CPU: expect hours per run; the classroom scale is made for CPUs.")
     torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", 2)))
+    # `figures` draws on bare Figure objects, which never load pyplot's backend; loading it is what
+    # lets Jupyter's inline backend register the formatter that shows a Figure as an image.
+    plt.switch_backend(matplotlib.get_backend())
     if scale == "smoke":
         shutil.rmtree(Path(runs) / "smoke", ignore_errors=True)
     return Lab(scale, Path(runs), data_root, model_dir, epochs)

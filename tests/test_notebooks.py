@@ -66,6 +66,19 @@ def test_an_unknown_solution_is_a_user_error():
         solutions.show("99.9")
 
 
+def test_a_figure_from_the_figures_module_shows_as_an_image_in_a_kernel(tmp_path):
+    """`figures` returns bare Figure objects; Jupyter shows them as images only once `lab.setup` has
+    loaded pyplot's backend (before that, a notebook printed "<Figure size ...>" instead)."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    code = (f"from rslad_kit import figures, lab\nL = lab.setup('smoke', runs={str(tmp_path)!r}, threads=1)\n"
+            "figures.eps_curves([0.0, 0.1], {'sat': [90.0, 40.0]})")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    assert "image/png" in nb.cells[0].outputs[-1]["data"]
+
+
 # --- widgets ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
