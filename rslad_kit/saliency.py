@@ -19,6 +19,7 @@ import torch
 from scipy.stats import rankdata
 from scipy.stats import t as student_t
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
 from rslad_kit import models
@@ -151,11 +152,13 @@ def adversarial_maps(model: nn.Module, arch: str, x: Tensor, y: Tensor, *, eps: 
 
 
 def maps_of(models_by_name: Mapping[str, tuple[nn.Module, str]], x: Tensor, y: Tensor, *, eps: float,
-            source: nn.Module | None = None, sigma: float = 0.15, samples: int = 25) -> dict[str, dict[str, Tensor]]:
+            source: nn.Module | None = None, sigma: float = 0.15, samples: int = 25,
+            progress: bool = False) -> dict[str, dict[str, Tensor]]:
     """`adversarial_maps` of several models on the same images: `models_by_name[name] = (model,
     registry architecture)`; the examples are crafted against `source` (None: each model itself)."""
+    items = tqdm(models_by_name.items(), desc="maps", unit="model", disable=not progress)
     return {name: adversarial_maps(model, arch, x, y, eps=eps, source=source, sigma=sigma, samples=samples)
-            for name, (model, arch) in models_by_name.items()}
+            for name, (model, arch) in items}
 
 
 def similarity_rows(students: dict[str, list[dict[str, Tensor]]], teacher: dict[str, Tensor]) -> list[dict]:
