@@ -141,7 +141,7 @@ def test_live_curves_redraw_with_each_epoch():
 
 def test_map_explorer_redraws_the_maps_of_the_chosen_image_attack_and_models(digits):
     x, y = digits
-    zoo = {"teacher": (small_model(0), "cnn-w4"), "rslad": (small_model(1), "cnn-w4"), "sat": (small_model(2), "cnn-w4")}
+    zoo = {name: (small_model(seed), "cnn-w4") for seed, name in enumerate(("teacher", "rslad", "sat"))}
     explorer = lab.MapExplorer(zoo, x, y, eps=0.2)
     first = explorer.maps["rslad"]["x_adv"][0]
     assert (first - x[0]).abs().max() <= 0.2 + 1e-6
