@@ -102,8 +102,8 @@ def attention_maps(maps: Mapping[str, Mapping[str, Tensor]], *, images: int = 4,
         for i in range(images):
             cam_ax, sal_ax = axes[r, 2 * i], axes[r, 2 * i + 1]
             cam_ax.imshow(_image(m["x_adv"][i]), cmap="gray", vmin=0, vmax=1)
-            cam_ax.imshow(m["gradcam"][i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            sal_ax.imshow(m["smoothgrad"][i], cmap="magma")
+            cam_ax.imshow(m["gradcam"][i].cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            sal_ax.imshow(m["smoothgrad"][i].cpu().numpy(), cmap="magma")
             if r == 0:
                 cam_ax.set_title(f"#{i + 1} Grad-CAM", fontsize="small")
                 sal_ax.set_title(f"#{i + 1} SmoothGrad", fontsize="small")
@@ -352,7 +352,7 @@ def _arch(plan, run: str, model: torch.nn.Module) -> str:
     """The registry architecture of a run (a zoo teacher: the registry entry of its class)."""
     if run in plan.runs:
         return plan.runs[run].model
-    return {models.WideResNet: "wrn-34-10", models.DMWideResNet: "wrn-70-16"}[type(models.unwrap(model))]
+    return saliency.ZOO_ARCHS[type(models.unwrap(model))]
 
 
 def write_all(results: str | Path, out: str | Path, *, images: int = 200, against: str = "teacher",
@@ -434,8 +434,7 @@ def _figure3(plan, teacher, natural, test, ds, out: Path) -> list[Path]:
     x, y = test.x, test.y
     probs = train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
     classes = SOFT_LABEL_CLASSES[plan.dataset]
-    stats = {kind: {k: train.soft_label_stats(p[y == k], y[y == k]) for k in classes}
-             | {"all": train.soft_label_stats(p, y)} for kind, p in probs.items()}
+    stats = train.soft_label_class_stats(probs, y, classes)
     return [*save(soft_labels(probs, y, classes, ds.classes, stats), out / "figure3_soft_labels"),
             *_write_json(out / "figure3_soft_labels.json",
                          {"smoothing": plan.base.smoothing, "classes": [ds.classes[k] for k in classes],

@@ -1,5 +1,6 @@
 """What the classroom notebooks share: one parameters convention for both scales, cached runs,
-training with live curves, the eps explorer, and a button for expensive steps.
+training with live curves, the eps and attention-map explorers, the reduced teacher study, and a
+button for expensive steps.
 
 Every notebook starts with a cell tagged `parameters`:
 
@@ -11,14 +12,13 @@ Every notebook starts with a cell tagged `parameters`:
 
 CI overrides it through nbmake's `mock` metadata (SCALE = "smoke": two epochs). `setup` turns these
 values into a `Lab`. This module sits on the top floor beside `cli` and `report`: it calls the API
-and draws; it adds no science. Taught from notebooks/00_setup_and_story.ipynb on.
+and draws (through `figures`); it adds no science. Taught from notebooks/00_setup_and_story.ipynb on.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import platform
 import shutil
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import ipywidgets as widgets
+import matplotlib
 import matplotlib.pyplot as plt
 import sklearn
 import torch
@@ -36,11 +37,17 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from rslad_kit import attacks as atk
-from rslad_kit import config, data, models, train
+from rslad_kit import config, data, figures, models, saliency, teacher_study, train
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS
 
 SCALES = ("classroom", "cifar10", "smoke")   # smoke: what CI runs; two epochs of the classroom
+# The teacher study in a lab's minutes: the whole ladder, one seed. The classroom also trains 15 of its
+# 40 epochs, decaying the lr at 12 and 14 (about 2 minutes on 2 cores, against 8-10 for the real study;
+# 10 epochs left the students below 15% PGD accuracy, too undertrained to show anything); smoke is
+# already one seed of two epochs.
+QUICK_STUDY: dict[str, dict[str, Any]] = {"classroom": dict(seeds=1, epochs=15, milestones=(12, 14)),
+                                          "smoke": {}, "cifar10": dict(seeds=1)}
 
 
 # --- one parameters cell, both scales ------------------------------------------------------------
@@ -105,6 +112,33 @@ class Lab:
             return models.load_teacher(spec, self.config("sat").dataset, self.model_dir)
         return self.train(spec, kind).requires_grad_(False)
 
+    def arch(self, run: str) -> str:
+        """The registry architecture of this scale's "teacher" / "teacher-natural", or of a method's
+        run (Grad-CAM's target layer depends on it)."""
+        spec = self.teacher_config(run) if run in ("teacher", "teacher-natural") else self.config(run)
+        if isinstance(spec, str):   # a RobustBench teacher: the architecture of its class
+            entry = models.ZOO[(self.config("sat").dataset, spec.removeprefix("robustbench:"))]
+            return saliency.ZOO_ARCHS[entry.arch]
+        return spec.model
+
+    def cached(self, name: str) -> bool:
+        """Whether the run runs/<scale>/<name> has finished (an earlier notebook trained it)."""
+        return train.is_finished(self.runs / self.scale / name)
+
+    def soft_label_configs(self) -> dict[str, tuple[str, config.TrainConfig]]:
+        """Table 7's RSLAD students by soft label, as (run name, config): RSL from the robust teacher
+        (notebook 00's "rslad"), NSL from the natural one (04's button), SSL from label smoothing."""
+        return {"RSL": ("rslad", self.config("rslad")),
+                "NSL": ("rslad-nsl", self.config("rslad", teacher="teacher-natural")),
+                "SSL": ("rslad-ssl", self.config("rslad", teacher=None, soft_labels="smooth"))}
+
+    def quick_teacher_study(self, *, progress: bool = True) -> Path:
+        """The teacher study cut to fit a lab (`QUICK_STUDY`: one seed, and 15 of the classroom's 40
+        epochs), cached in runs/<scale>/teacher-study-quick; returns its folder."""
+        extra = {"epochs": self.epochs} if self.epochs else {}
+        return teacher_study.run(self.scale, out=self.runs / self.scale / "teacher-study-quick", progress=progress,
+                                 **(QUICK_STUDY.get(self.scale, {}) | extra))
+
     def train(self, cfg: config.TrainConfig, name: str, *, curves: bool = False) -> nn.Module:
         """`trained` in runs/<scale>/<name>; trains this scale's teacher first when `cfg` reads it."""
         if cfg.teacher in ("teacher", "teacher-natural") and train.needs_teacher(cfg):
@@ -127,6 +161,9 @@ def setup(scale: str = "classroom", *, runs: str = "runs", data_root: str = "dat
     if scale == "cifar10" and not torch.cuda.is_available():
         print("SCALE = 'cifar10' on a CPU: expect hours per run; the classroom scale is made for CPUs.")
     torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", 2)))
+    # `figures` draws on bare Figure objects, which never load pyplot's backend; loading it is what
+    # lets Jupyter's inline backend register the formatter that shows a Figure as an image.
+    plt.switch_backend(matplotlib.get_backend())
     if scale == "smoke":
         shutil.rmtree(Path(runs) / "smoke", ignore_errors=True)
     return Lab(scale, Path(runs), data_root, model_dir, epochs)
@@ -162,45 +199,29 @@ def trained(cfg: config.TrainConfig, out: str | Path, *, dataset: data.Dataset |
                             "another RUNS folder in the parameters cell")
         print(f"{out}: already trained, loaded from disk")
         if curves:
-            _show(training_curves(history(out), out.name))
+            _show(figures.training_curves({out.name: history(out)}, title=out.name))
     else:
         live = LiveCurves(out.name) if curves else None
         train.train(cfg, out, resume=(out / "last.pt").is_file(), dataset=dataset, on_epoch=live)
     return train.load_model(out)
 
 
-# --- figures (the figures module takes these over: same names, same arguments) --------------------
+# --- figures ---------------------------------------------------------------------------------------
 
 def _show(fig: Figure) -> None:
     display(fig)
     plt.close(fig)
 
 
-def training_curves(history: list[dict[str, Any]], title: str = "") -> Figure:
-    """Loss terms (left) and validation accuracy (right) per epoch, from a run's metrics."""
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3), layout="constrained")
-    epochs = [h["epoch"] for h in history]
-    terms = [k for k in (history[0] if history else {}) if k not in ("epoch", "lr", "seconds")
-             and not k.startswith("val_")]
-    for key in terms:
-        ax_loss.plot(epochs, [h[key] for h in history], label=key)
-    for key, label in (("val_clean", "clean"), ("val_pgd_trades", "PGD_TRADES")):
-        ax_val.plot(epochs, [h.get(key, math.nan) for h in history], marker=".", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title=f"{title}: loss terms")
-    ax_val.set(xlabel="epoch", ylabel="validation accuracy (%)", ylim=(0, 100), title=f"{title}: validation")
-    for ax in (ax_loss, ax_val):
-        ax.legend(fontsize=8)
-    return fig
-
-
 class LiveCurves:
-    """An `on_epoch` hook for `train.train` that redraws `training_curves` in place after every epoch."""
+    """An `on_epoch` hook for `train.train` that redraws `figures.training_curves` in place after
+    every epoch."""
 
     def __init__(self, title: str = "") -> None:
         self.title, self.handle, self.figure = title, None, None
 
     def __call__(self, history: list[dict[str, Any]]) -> None:
-        self.figure = training_curves(history, self.title)
+        self.figure = figures.training_curves({self.title: history}, title=self.title or None)
         if self.handle is None:
             self.handle = display(self.figure, display_id=True)
         else:
@@ -270,6 +291,49 @@ class EpsExplorer:
         display(widgets.VBox([widgets.HBox([self.model, self.attack]), self.slider, self.output]))
 
 
+class MapExplorer:
+    """Figure 2 one test image at a time: choose the image, the model the adversarial example is
+    crafted against (the teacher, or each model itself) and the models shown; their Grad-CAM and
+    SmoothGrad maps are recomputed and redrawn on every change (a PGD-10 on one image per model).
+    `models_by_name[name] = (model, registry architecture)`; the one named `teacher` is the source."""
+
+    def __init__(self, models_by_name: dict[str, tuple[nn.Module, str]], x: Tensor, y: Tensor, *, eps: float,
+                 class_names: list[str] | None = None, teacher: str = "teacher") -> None:
+        if teacher not in models_by_name:
+            raise UserError(f"MapExplorer needs the teacher {teacher!r} among its models ({', '.join(models_by_name)})")
+        self.models, self.x, self.y, self.eps, self.teacher = models_by_name, x, y, eps, teacher
+        self.class_names = class_names or [str(k) for k in range(int(y.max()) + 1)]
+        self.image = widgets.IntSlider(value=0, min=0, max=len(x) - 1, description="image", continuous_update=False)
+        self.against = widgets.Dropdown(options=[("the teacher", "teacher"), ("each model itself", "each")],
+                                        description="attack vs")
+        self.shown = widgets.SelectMultiple(options=list(models_by_name), value=tuple(models_by_name),
+                                            description="models")
+        self.output = widgets.Output()
+        for control in (self.image, self.against, self.shown):
+            control.observe(lambda _change: self.draw(), names="value")
+        self.maps: dict[str, dict[str, Tensor]] = {}
+        self.figure: Figure | None = None
+        self.draw()
+
+    def draw(self) -> None:
+        i, against = self.image.value, self.against.value
+        chosen = {name: self.models[name] for name in self.models if name in self.shown.value}   # in order
+        source = self.models[self.teacher][0] if against == "teacher" else None
+        self.maps = saliency.maps_of(chosen, self.x[i:i + 1], self.y[i:i + 1], eps=self.eps, source=source)
+        self.figure = None if not chosen else figures.attention_maps(
+            self.maps, images=1, title=f"image {i} (label {self.class_names[int(self.y[i])]})\n"
+                                       f"attack vs {'teacher' if against == 'teacher' else 'itself'}")
+        with self.output:
+            clear_output(wait=True)
+            if self.figure is None:
+                print("choose at least one model")
+            else:
+                _show(self.figure)
+
+    def _ipython_display_(self) -> None:
+        display(widgets.HBox([widgets.VBox([self.image, self.against, self.shown]), self.output]))
+
+
 class RunButton:
     """A button for an expensive step: nothing runs until it is clicked; what the step returns or
     prints appears below it. `result` keeps the step's return value."""
@@ -325,6 +389,11 @@ def describe(cfg: config.TrainConfig | str) -> str:
 
 def accuracy_table(rows: dict[str, dict[str, Any]], attacks: list[str]) -> Markdown:
     """Evaluation rows (`evaluate.evaluate`) as a Markdown table: one line per model, accuracy in %."""
-    lines = ["| model | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{row[a]:.1f}" for a in attacks) + " |" for name, row in rows.items()]
+    return table(rows, attacks)
+
+
+def table(rows: dict[str, dict[str, Any]], columns: list[str], *, fmt: str = ".1f", first: str = "model") -> Markdown:
+    """Rows of numbers as a Markdown table: one line per key of `rows`, one column per entry of `columns`."""
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(format(row[c], fmt) for c in columns) + " |" for name, row in rows.items()]
     return Markdown("\n".join(lines))

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
 from scipy.stats import rankdata
 from scipy.stats import t as student_t
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
 from rslad_kit import models
@@ -44,6 +45,9 @@ GRADCAM_LAYERS: dict[str, str] = {
     "cnn-w64": "features.2",
     "cnn-w128": "features.2",
 }
+
+# RobustBench teachers are instances of these classes; WRN-34-20 shares WRN-34-10's layer names.
+ZOO_ARCHS: dict[type, str] = {models.WideResNet: "wrn-34-10", models.DMWideResNet: "wrn-70-16"}
 
 
 def target_layer(model: nn.Module, arch: str) -> nn.Module:
@@ -145,6 +149,16 @@ def adversarial_maps(model: nn.Module, arch: str, x: Tensor, y: Tensor, *, eps: 
     noise = torch.Generator(device=x.device).manual_seed(seed)
     return {"x_adv": x_adv.cpu(), "gradcam": gradcam(model, arch, x_adv, y),
             "smoothgrad": smoothgrad(model, x_adv, y, sigma=sigma, samples=samples, generator=noise).cpu()}
+
+
+def maps_of(models_by_name: Mapping[str, tuple[nn.Module, str]], x: Tensor, y: Tensor, *, eps: float,
+            source: nn.Module | None = None, sigma: float = 0.15, samples: int = 25,
+            progress: bool = False) -> dict[str, dict[str, Tensor]]:
+    """`adversarial_maps` of several models on the same images: `models_by_name[name] = (model,
+    registry architecture)`; the examples are crafted against `source` (None: each model itself)."""
+    items = tqdm(models_by_name.items(), desc="maps", unit="model", disable=not progress)
+    return {name: adversarial_maps(model, arch, x, y, eps=eps, source=source, sigma=sigma, samples=samples)
+            for name, (model, arch) in items}
 
 
 def similarity_rows(students: dict[str, list[dict[str, Tensor]]], teacher: dict[str, Tensor]) -> list[dict]:

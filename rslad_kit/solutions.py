@@ -54,10 +54,48 @@ this small student stable: in the regime study (docs/classroom_regime.md) SAT's 
 about half the seeds, RSLAD's never. When SAT trains well, it matches RSLAD, and under CW∞ it often
 wins. Whether a difference exceeds the seed noise is a question for `rslad-kit reproduce` (notebook
 08).""",
-    "04.2": """**RSLAD from the natural teacher (NSL, Table 7).** PGD accuracy falls, often a lot: a natural
-teacher's soft labels are confident and non-robust, and under attack they change completely, so the
-student learns to match a non-robust function. Clean accuracy may stay high. This is the paper's point:
-the soft labels must come from a *robust* teacher.""",
+    "04.2": """**RSLAD from the natural teacher (NSL, Table 7).** In the paper, PGD accuracy falls by several
+points while clean accuracy barely moves: a natural teacher's soft labels are confident and non-robust,
+and the student learns to match them. The student still trains on adversarial examples, though, so it
+is far from a natural model. At classroom scale the gap is a few points on one seed, no larger than the
+seed noise, and NSL can come out ahead: notebook 05 and `make demo`'s Table 7 (3 seeds) look closer.""",
+    "05.1": """**Which soft label is most concentrated?** NSL and SSL put most of their mass on the true
+class; RSL the least, and it is the most spread out (highest entropy). A natural teacher is confident on
+clean images: its boxes sit near 1 on the true class and near 0 elsewhere, which is the paper's "NSL
+probabilities are more concentrated around the ground truth", now a number in the table. SSL gives every
+image of a class the *same* label, (1 − s) + s/C on the true class and s/C elsewhere, so its boxes are flat
+lines: it says nothing about the image. RSL varies from image to image, and where the robust teacher is
+unsure it spreads probability over other digits (look at which ones a 3 and an 8 share theirs with): that
+is what a one-hot label cannot teach.""",
+    "05.2": """**RSLAD from natural or smoothed labels.** In the paper (CIFAR-10) both fall behind RSL
+under attack: NSL is the worst, SSL in between, and clean accuracy barely moves. All three students are
+trained on adversarial examples (RSLAD's inner attack maximises the KL to the soft label), so none of them
+is a natural model: what changes is only the target, and a natural teacher's confident, non-robust
+target transfers less robustness than the robust teacher's. At classroom scale the gaps are a few points
+on one seed, the same size as the seed noise: NSL can even come out ahead on a single seed. Read
+`make demo`'s Table 7 (3 seeds) and its summary before concluding either way.""",
+    "06.1": """**Against the teacher, or each model itself.** Against the teacher, every model sees the same
+x′, so differences between the maps come from the models alone. Against each model, x′ is that model's own
+worst case: for the robust models (teacher, RSLAD, ARD, IAD, SAT) the perturbation is small in effect and
+their maps change little; a less robust model's own attack moves its prediction, and its maps change most.
+The teacher's maps are the same in both settings (its own attack is the teacher's).""",
+    "06.2": """**Which student looks like its teacher?** The paper says RSLAD, then IAD and ARD, from three
+pictures; here you have the mean correlation and its interval over 200 images. Do not expect a clean
+ranking on the digits: SAT, which never saw the teacher, can be as close as RSLAD or closer, because
+robust models' input gradients look alike whatever trained them (they follow the digit's strokes).
+Distillation's effect on the maps is then within what robustness alone explains. Where two intervals
+overlap, 200 images of one seed cannot order the students; `rslad-kit figures` averages over the seeds
+of `make demo`'s results, and Grad-CAM and SmoothGrad need not agree.""",
+    "07.1": """**The biggest teacher?** Not in the paper: on CIFAR-10 the student's robustness first rises
+with the teacher's and then falls. A teacher of the student's own size is less robust than its student
+can become (*robust underfitting*: the student ends up above it); past the best teacher, a wider, more
+robust teacher is harder for a small student to imitate, and the gap widens (*robust saturation*). On
+digits the ladder is short and the models small, so the shape may differ: the figure's title and the
+summary say what this run shows.""",
+    "07.2": """**Beyond the noise?** Not necessarily. The verdict pairs the students by seed and asks that
+the best teacher's student beats both ends of the ladder with a 95% interval that excludes zero; with three
+seeds that needs differences of several points. Whatever the study finds is the result, including "no
+clear rise and fall": it is a statement about small CNNs on 8×8 digits, not about the paper.""",
     "08.1": """**Which claims hold on digits?** Read `summary.md`: each claim is checked against the seed
 noise. Expect the large effects (robust versus natural, RSL versus NSL) to hold, and the small ones
 between distillation methods to be within the noise on 3 seeds of a small model. A difference smaller

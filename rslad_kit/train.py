@@ -63,13 +63,17 @@ def soft_labels(cfg: TrainConfig, teacher: nn.Module | None, x: Tensor, y: Tenso
 
 
 def soft_label_sets(robust: nn.Module, natural: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
-                    num_classes: int) -> dict[str, Tensor]:
+                    num_classes: int, batch_size: int = 500) -> dict[str, Tensor]:
     """Table 7's three soft labels of each example, as probabilities (N, C): RSL from the robust
-    teacher, NSL from the natural one, SSL from label smoothing with `cfg.smoothing`. Teachers in eval mode."""
+    teacher, NSL from the natural one, SSL from label smoothing with `cfg.smoothing`. Teachers in eval
+    mode. Batched: a whole CIFAR-10 test set through a WRN-34-10 at once does not fit in memory."""
     teacher_cfg, smooth_cfg = replace(cfg, soft_labels="teacher"), replace(cfg, soft_labels="smooth")
-    return {"RSL": F.softmax(soft_labels(teacher_cfg, robust, x, y, num_classes), 1),
-            "NSL": F.softmax(soft_labels(teacher_cfg, natural, x, y, num_classes), 1),
-            "SSL": F.softmax(soft_labels(smooth_cfg, None, x, y, num_classes), 1)}
+
+    def probs(c: TrainConfig, model: nn.Module | None) -> Tensor:
+        return torch.cat([F.softmax(soft_labels(c, model, x[i:i + batch_size], y[i:i + batch_size], num_classes), 1)
+                          for i in range(0, len(x), batch_size)])
+
+    return {"RSL": probs(teacher_cfg, robust), "NSL": probs(teacher_cfg, natural), "SSL": probs(smooth_cfg, None)}
 
 
 def soft_label_stats(probs: Tensor, y: Tensor) -> dict[str, float | int]:
@@ -78,6 +82,14 @@ def soft_label_stats(probs: Tensor, y: Tensor) -> dict[str, float | int]:
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
     return {"entropy": entropy.mean().item(), "true_prob": probs.gather(1, y.view(-1, 1)).mean().item(),
             "n": len(y)}
+
+
+def soft_label_class_stats(probs: dict[str, Tensor], y: Tensor, classes: tuple[int, ...] | list[int]
+                           ) -> dict[str, dict[int | str, dict[str, float | int]]]:
+    """`soft_label_stats` of each soft-label type (`soft_label_sets`) on the images of each class in
+    `classes`, and on all images ("all"): what Figure 3's panel titles and its table read."""
+    return {kind: {k: soft_label_stats(p[y == k], y[y == k]) for k in classes} | {"all": soft_label_stats(p, y)}
+            for kind, p in probs.items()}
 
 
 def _eval_probs(model: nn.Module, x: Tensor) -> Tensor:

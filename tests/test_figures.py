@@ -63,7 +63,7 @@ def test_soft_labels_has_a_panel_per_class_and_type_with_its_statistics(tiny):
     probs = train.soft_label_sets(nets["teacher"], nets["ard"], x, y, preset("smoke"), 10)
     assert set(probs) == {"RSL", "NSL", "SSL"}
     assert torch.allclose(probs["SSL"][0].max(), torch.tensor(0.9 + 0.1 / 10))   # (1 - s) + s / C, s = 0.1
-    stats = {k: {c: train.soft_label_stats(p[y == c], y[y == c]) for c in (3, 8)} for k, p in probs.items()}
+    stats = train.soft_label_class_stats(probs, y, (3, 8))
     fig = rendered(figures.soft_labels(probs, y, (3, 8), [str(c) for c in range(10)], stats))
     assert len(fig.axes) == 6
     assert titles(fig)[0].startswith("RSL, class 3\nH = ") and "p(true) = " in titles(fig)[0]

@@ -5,6 +5,7 @@ that cannot: the committed form of each notebook, and that the widgets' callback
 should when a control changes.
 """
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -29,10 +30,9 @@ def source(cell):
 # --- the notebooks as committed ---------------------------------------------------------------------
 
 def test_the_walkthrough_is_ordered():
-    names = [p.stem for p in NOTEBOOKS]
-    assert names[:5] == ["00_setup_and_story", "01_data_models_teachers", "02_attacks", "03_table1_losses",
-                         "04_training"]
-    assert names[-1] == "08_reproducing_the_tables"
+    assert [p.stem for p in NOTEBOOKS] == [
+        "00_setup_and_story", "01_data_models_teachers", "02_attacks", "03_table1_losses", "04_training",
+        "05_soft_labels", "06_attention_maps", "07_teacher_choice", "08_reproducing_the_tables"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -64,6 +64,19 @@ def test_every_exercise_has_a_solution_and_every_solution_an_exercise():
 def test_an_unknown_solution_is_a_user_error():
     with pytest.raises(UserError, match="no solution"):
         solutions.show("99.9")
+
+
+def test_a_figure_from_the_figures_module_shows_as_an_image_in_a_kernel(tmp_path):
+    """`figures` returns bare Figure objects; Jupyter shows them as images only once `lab.setup` has
+    loaded pyplot's backend (before that, a notebook printed "<Figure size ...>" instead)."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    code = (f"from rslad_kit import figures, lab\nL = lab.setup('smoke', runs={str(tmp_path)!r}, threads=1)\n"
+            "figures.eps_curves([0.0, 0.1], {'sat': [90.0, 40.0]})")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    assert "image/png" in nb.cells[0].outputs[-1]["data"]
 
 
 # --- widgets ------------------------------------------------------------------------------------------
@@ -120,9 +133,35 @@ def test_live_curves_redraw_with_each_epoch():
         history.append({"epoch": epoch, "lr": 0.1, "loss": 1 / epoch, "ce_adv": 1 / epoch, "val_clean": 50.0,
                         "val_pgd_trades": 10.0 * epoch, "seconds": 0.1})
         live(history)
-        loss_ax, val_ax = live.figure.axes
+        loss_ax, clean_ax, robust_ax = live.figure.axes   # figures.training_curves, one run
         assert [len(line.get_xdata()) for line in loss_ax.lines] == [epoch, epoch]   # loss, ce_adv
-        assert list(val_ax.lines[1].get_ydata()) == [10.0 * e for e in range(1, epoch + 1)]
+        assert list(robust_ax.lines[0].get_ydata()) == [10.0 * e for e in range(1, epoch + 1)]
+        assert list(clean_ax.lines[0].get_ydata()) == [50.0] * epoch
+
+
+def test_map_explorer_redraws_the_maps_of_the_chosen_image_attack_and_models(digits):
+    x, y = digits
+    zoo = {name: (small_model(seed), "cnn-w4") for seed, name in enumerate(("teacher", "rslad", "sat"))}
+    explorer = lab.MapExplorer(zoo, x, y, eps=0.2)
+    first = explorer.maps["rslad"]["x_adv"][0]
+    assert (first - x[0]).abs().max() <= 0.2 + 1e-6
+    explorer.image.value = 2   # another image: the maps, and the drawn x', are that image's
+    x_adv = explorer.maps["rslad"]["x_adv"][0]
+    assert (x_adv - x[2]).abs().max() <= 0.2 + 1e-6 and not torch.equal(x_adv, first)
+    drawn = explorer.figure.axes[2].images[0].get_array()   # row 2 (RSLAD), its Grad-CAM panel
+    assert torch.allclose(torch.as_tensor(drawn), x_adv[0]) and "image 2" in explorer.figure._suptitle.get_text()
+    assert torch.equal(explorer.maps["teacher"]["x_adv"], explorer.maps["rslad"]["x_adv"])   # against the teacher
+    explorer.against.value = "each"
+    assert not torch.equal(explorer.maps["teacher"]["x_adv"], explorer.maps["rslad"]["x_adv"])
+    explorer.shown.value = ("teacher", "sat")
+    assert list(explorer.maps) == ["teacher", "sat"] and len(explorer.figure.axes) == 4
+    explorer.shown.value = ()
+    assert explorer.figure is None
+
+
+def test_map_explorer_needs_the_teacher(digits):
+    with pytest.raises(UserError, match="needs the teacher"):
+        lab.MapExplorer({"sat": (small_model(0), "cnn-w4")}, *digits, eps=0.2)
 
 
 # --- the parameters convention and cached runs ----------------------------------------------------------
@@ -145,6 +184,19 @@ def test_lab_configs_follow_the_preset():
     assert lab.Lab("classroom", Path("runs"), epochs=3).config("rslad").epochs == 3
     with pytest.raises(UserError, match="unknown method 'rsald'"):
         L.config("rsald")
+
+
+def test_soft_label_students_differ_only_in_their_soft_labels():
+    L = lab.Lab("classroom", Path("runs"))
+    runs = L.soft_label_configs()
+    assert list(runs) == ["RSL", "NSL", "SSL"] and runs["RSL"] == ("rslad", L.config("rslad"))
+    (_, rsl), (_, nsl), (_, ssl) = runs.values()
+    assert nsl.teacher == "teacher-natural" and train.needs_teacher(nsl)
+    assert ssl.soft_labels == "smooth" and not train.needs_teacher(ssl)
+    assert dataclasses.replace(nsl, teacher=rsl.teacher) == rsl
+    assert dataclasses.replace(ssl, teacher=rsl.teacher, soft_labels="teacher") == rsl
+    assert L.arch("teacher") == L.teacher_config().model and L.arch("sat") == L.config("sat").model
+    assert lab.Lab("cifar10", Path("runs")).arch("teacher") == "wrn-34-10"
 
 
 def test_trained_caches_resumes_and_refuses_other_settings(tmp_path):
