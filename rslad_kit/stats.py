@@ -14,7 +14,11 @@ from typing import Mapping
 
 from scipy import stats as _scipy_stats
 
-Z_POWER = 1.959964 + 0.841621  # two-sided 5% test with 80% power (normal approximation)
+
+
+def power_margin(n: int) -> float:
+    """t_0.975 + t_0.8 at n - 1 degrees of freedom: a two-sided 5% test with 80% power."""
+    return float(_scipy_stats.t.ppf(0.975, n - 1) + _scipy_stats.t.ppf(0.8, n - 1))
 
 
 @dataclass(frozen=True)
@@ -34,14 +38,18 @@ class Paired:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
     def seeds_needed(self) -> int | None:
-        """Seeds a paired test needs to detect a difference of this size (5% level, 80% power).
+        """Seeds a paired t-test needs to detect a difference of this size (5% level, 80% power).
 
+        The smallest n with (t_0.975 + t_0.8, at n - 1 degrees of freedom) * sd / sqrt(n) <= |mean|.
         None when there is nothing to size (no difference, or no spread to size it from)."""
         if self.mean is None or self.sd is None or self.mean == 0:
             return None
         if self.sd == 0:
             return 2
-        return max(2, math.ceil((Z_POWER * self.sd / self.mean) ** 2))
+        for n in range(2, 100_000):
+            if power_margin(n) * self.sd / math.sqrt(n) <= abs(self.mean):
+                return n
+        return None
 
     def __str__(self) -> str:
         if self.mean is None:
