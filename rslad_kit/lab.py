@@ -23,7 +23,7 @@ import os
 import platform
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -92,9 +92,17 @@ class Lab:
         """None (the standard AutoAttack) except at smoke scale, which runs APGD-CE only."""
         return config.PRESETS[self.scale].plan.autoattack
 
+    @property
+    def device(self) -> torch.device:
+        """Where this scale computes: CUDA when present (the preset's "auto"), else the CPU."""
+        return train.resolve_device(self.config("sat").device)
+
     def dataset(self) -> data.Dataset:
+        """This scale's dataset, its splits on `device` (so evaluations and maps run there too)."""
         cfg = self.config("sat")
-        return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+        ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+        return replace(ds, train=ds.train.to(self.device), val=ds.val.to(self.device),
+                                   test=ds.test.to(self.device))
 
     def teacher_config(self, kind: str = "teacher") -> config.TrainConfig | str:
         """The recipe of this scale's robust teacher ("teacher") or natural one ("teacher-natural")."""
@@ -109,7 +117,7 @@ class Lab:
         RobustBench file."""
         spec = self.teacher_config(kind)
         if isinstance(spec, str):
-            return models.load_teacher(spec, self.config("sat").dataset, self.model_dir)
+            return models.load_teacher(spec, self.config("sat").dataset, self.model_dir).to(self.device)
         return self.train(spec, kind).requires_grad_(False)
 
     def arch(self, run: str) -> str:
@@ -143,7 +151,7 @@ class Lab:
         """`trained` in runs/<scale>/<name>; trains this scale's teacher first when `cfg` reads it."""
         if cfg.teacher in ("teacher", "teacher-natural") and train.needs_teacher(cfg):
             self.teacher(cfg.teacher)
-        return trained(cfg, self.runs / self.scale / name, dataset=self.dataset(), curves=curves)
+        return trained(cfg, self.runs / self.scale / name, dataset=self.dataset(), curves=curves).to(self.device)
 
 
 def setup(scale: str = "classroom", *, runs: str = "runs", data_root: str = "data", model_dir: str = "models",
