@@ -177,7 +177,7 @@ _CLASSROOM_NOTE = (
     "its own. In the powered study behind this preset (docs/classroom_regime.md, 6 seeds per cell, paired by "
     "seed) RSLAD led SAT under PGD_TRADES mostly because SAT training of the width-4 student often collapses, "
     "while RSLAD never did; under CW∞ RSLAD did not lead SAT beyond the seed noise, and with a width-8 "
-    "student or at eps 0.15, where SAT alone nearly matches the teacher, RSLAD fell behind SAT. So a tie or a "
+    "student or at eps 0.15, where SAT trains stably, RSLAD fell behind SAT. So a tie or a "
     "reversal below is the classroom's result, not the paper's (its CIFAR-10 numbers are beside ours in the "
     "tables)."
 )
