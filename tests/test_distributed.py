@@ -1,8 +1,10 @@
 """Data parallelism: torchrun with gloo on a CPU against one process with the same global batch."""
 
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -30,9 +32,20 @@ def test_two_gloo_processes_reach_the_weights_of_one_process(tmp_path):
     cfg = preset("smoke", "trades", epochs=1)
     args = ["train", "--preset", "smoke", "--method", "trades", "--epochs", "1", "--out", str(tmp_path / "two")]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                    "-m", "rslad_kit", "--threads", "1", *args], env=env, check=True, capture_output=True,
-                   timeout=300)
+    errors = []
+    for _ in range(2):
+        # One retry: in 1 of 3 full CI runs (2 cores, both pytest workers busy) torchrun exited 1, before its stderr was
+        # kept; a second failure fails the test with both stderr tails.
+        shutil.rmtree(tmp_path / "two", ignore_errors=True)
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                               "2", "-m", "rslad_kit", "--threads", "1", *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+        if done.returncode == 0:
+            break
+        errors.append(done.stderr[-3000:])
+    assert done.returncode == 0, "\n----\n".join(errors)
+    if errors:
+        warnings.warn(f"torchrun failed once, then passed; its stderr: {errors[0][-1500:]}")
     train.train(cfg, tmp_path / "one", progress=False)
 
     one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
