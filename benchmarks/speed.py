@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import official_loop
 from rslad_kit import data, gpu, models, reproduce
+from rslad_kit import plan as plan_lib
 from rslad_kit.config import TrainConfig, preset
 from rslad_kit.models import WideResNet
 from rslad_kit.train import train_step
@@ -282,11 +283,11 @@ def part_gpu(args) -> None:
     print(f"MPS running: {gpu.mps_running()}")
 
     plan = reproduce.build_plan("cifar10")
-    rslad = reproduce.estimate_cost(preset("cifar10", "rslad"))
+    rslad = plan_lib.estimate_cost(preset("cifar10", "rslad"))
     for name, rate in ((name, rows[name][0]) for name in ("official", best)):
-        total = sum(reproduce.estimate_cost(c) / rslad * 300 * CIFAR_TRAIN / rate for c in plan.runs.values())
+        total = sum(plan_lib.estimate_cost(c) / rslad * 300 * CIFAR_TRAIN / rate for c in plan.runs.values())
         print(f"whole CIFAR-10 plan ({len(plan.runs)} training runs, one at a time), {name}: "
-              f"{total / 3600:.0f} GPU-hours (scaled from the RN-18 RSLAD rate by reproduce.estimate_cost)")
+              f"{total / 3600:.0f} GPU-hours (scaled from the RN-18 RSLAD rate by plan.estimate_cost)")
 
     print("\n| batch size | peak GPU memory (GiB), kit fp32 step |\n|---|---|")
     for batch in (64, 128, 256, 512):

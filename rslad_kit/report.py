@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from rslad_kit.reproduce import BLACK_BOX, SOFT_LABEL_ATTACKS, WHITE_BOX, Plan
+from rslad_kit.plan import BLACK_BOX, SOFT_LABEL_ATTACKS, WHITE_BOX, Plan
 from rslad_kit.stats import Paired, paired
-from rslad_kit.train import write_text
+from rslad_kit.runs import write_text
 
 ATTACK_NAMES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES", "cw": "CW∞",
                 "autoattack": "AA", "transfer_pgd": "PGD-20 (transfer)", "transfer_cw": "CW∞ (transfer)",

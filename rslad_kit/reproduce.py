@@ -4,7 +4,8 @@ A plan is a set of training runs (teachers, surrogate, students, ablations, soft
 evaluations, each a task with the tasks it needs. Tasks run on a few worker processes (one thread
 each: on a small CPU that is the fastest way to train many small models) or in this process. Every
 task leaves its result on disk under `results/<preset>/`, so a rerun skips finished work and resumes
-interrupted runs. `report.py` then writes Tables 2-7 beside the paper's numbers.
+interrupted runs. The plan itself (runs, rows, evaluations) is `plan.py`; `report.py` writes Tables 2-7
+from it, beside the paper's numbers.
 
 Run names: `teacher`, `teacher-natural`, `surrogate`, and `<student>-<row>-s<seed>` for students, where
 a row is a method, a Table 6 variant or a Table 7 soft-label variant.
@@ -20,14 +21,13 @@ import math
 import multiprocessing
 import os
 import signal
-import statistics
 import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,93 +37,12 @@ from tqdm.auto import tqdm
 from rslad_kit import data as data_lib
 from rslad_kit import evaluate as evaluate_lib
 from rslad_kit import gpu, models, runs, train
-from rslad_kit.config import PRESETS, PlanConfig, TrainConfig, override, preset, to_dict
+from rslad_kit import report
+from rslad_kit.config import PRESETS, TrainConfig, override, preset, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS
-
-PAPER_METHODS = ("natural", "sat", "trades", "mart", "ard", "iad", "rslad")
-WHITE_BOX = evaluate_lib.PAPER_ATTACKS                     # Tables 2, 3, 4, 6
-BLACK_BOX = ("transfer_pgd", "transfer_cw", "square")      # Table 5
-SOFT_LABEL_ATTACKS = ("clean", "pgd_trades", "autoattack")  # Table 7
-SLOW_ATTACKS = ("autoattack", "square")                     # query-bound: a fixed cost per model on a CPU
-
-# Table 6: (outer-minimisation method, inner-maximisation method), all under RSLAD's schedule.
-ABLATIONS = {
-    "ard-300": ("ard", "ard"),
-    "ard_min+rslad_max": ("ard", "rslad"),
-    "rslad_min+ard_max": ("rslad", "ard"),
-    "rslad": ("rslad", "rslad"),
-}
-
-
-@dataclass(frozen=True)
-class Task:
-    """One unit of work: train a run, or evaluate its checkpoints."""
-
-    name: str
-    kind: str                              # "train" | "evaluate"
-    needs: tuple[str, ...] = ()            # names of tasks that must finish first
-    cfg: TrainConfig | None = None         # train: the run's config
-    checkpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)  # evaluate: ckpt -> attacks
-    cost: float = 1.0                      # relative cost, for ordering and the dry-run estimate
-
-
-@dataclass
-class Plan:
-    preset: str
-    out: Path
-    plan: PlanConfig
-    dataset: str
-    eps: float
-    methods: tuple[str, ...]
-    seeds: tuple[int, ...]
-    teacher_spec: str                      # what students pass as `teacher`
-    base: TrainConfig                      # the preset's RSLAD config with the caller's overrides
-    runs: dict[str, TrainConfig] = field(default_factory=dict)
-    rows: dict[tuple[int, str, str], list[str]] = field(default_factory=dict)  # (table, student, row) -> runs
-    evaluations: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # run -> ckpt -> attacks
-    zoo: dict[str, str] = field(default_factory=dict)  # evaluated from a zoo file: run -> robustbench:<name>
-
-    # --- building ------------------------------------------------------------------------------------
-
-    def add_run(self, name: str, cfg: TrainConfig) -> str:
-        """Add a training run; a config identical to an existing run's reuses that run."""
-        for existing, other in self.runs.items():
-            if other == cfg:
-                return existing
-        self.runs[name] = cfg
-        return name
-
-    def need(self, run: str, checkpoint: str, attacks: tuple[str, ...]) -> None:
-        self.evaluations.setdefault(run, {}).setdefault(checkpoint, set()).update(attacks)
-
-    def attacks_for(self, attacks: tuple[str, ...], seed: int, checkpoint: str) -> tuple[str, ...]:
-        """The attacks a checkpoint gets: the slow query attacks only within the preset's budget."""
-        k, ckpts = self.plan.slow_attack_seeds, self.plan.slow_attack_checkpoints
-        slow_ok = (k is None or seed < k) and checkpoint in ckpts
-        return tuple(a for a in attacks if a not in SLOW_ATTACKS or slow_ok)
-
-    # --- tasks ---------------------------------------------------------------------------------------
-
-    def tasks(self) -> list[Task]:
-        train_tasks = [Task(name, "train", needs=self._needs(cfg), cfg=cfg, cost=estimate_cost(cfg))
-                       for name, cfg in self.runs.items()]
-        # On a CPU one slow query attack on one checkpoint costs about one student's training run.
-        typical_run = statistics.median(t.cost for t in train_tasks) if train_tasks else 1.0
-        eval_tasks = []
-        for run, ckpts in self.evaluations.items():
-            needs = (run,) if run in self.runs else ()
-            if any(a.startswith("transfer") for attacks in ckpts.values() for a in attacks):
-                needs += ("surrogate",)
-            slow = sum(a in SLOW_ATTACKS for attacks in ckpts.values() for a in attacks)
-            eval_tasks.append(Task(f"eval:{run}", "evaluate", needs=needs,
-                                   checkpoints={k: tuple(sorted(v)) for k, v in ckpts.items()},
-                                   cost=typical_run * (slow + 0.1 * len(ckpts))))
-        return train_tasks + eval_tasks
-
-    def _needs(self, cfg: TrainConfig) -> tuple[str, ...]:
-        return (cfg.teacher,) if cfg.teacher in self.runs else ()
-
+from rslad_kit.plan import (ABLATIONS, BLACK_BOX, PAPER_METHODS, SLOW_ATTACKS, SOFT_LABEL_ATTACKS, WHITE_BOX,
+                            Plan, Task)
 
 def _student_cfg(p: str, row: str, student: str, seed: int, teacher: str) -> TrainConfig:
     """The config of one Table 3/6/7 row."""
@@ -217,17 +136,6 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     return plan
 
 
-# --- cost ------------------------------------------------------------------------------------------
-
-def estimate_cost(cfg: TrainConfig) -> float:
-    """Relative training cost: epochs x (attack steps + forwards) x model size (parameters)."""
-    passes = 1 + (cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0)
-    with torch.device("meta"):
-        size = sum(p.numel() for p in models.build(cfg.model, 10, in_channels=1 if cfg.dataset == "digits" else 3)
-                   .parameters())
-    return cfg.epochs * passes * size
-
-
 # --- execution -------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=2)
@@ -272,8 +180,8 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
     device = train.resolve_device(plan.base.device)
     if task.kind == "train":
         out = plan.out / "runs" / task.name
-        if train.is_finished(out):
-            recorded = train.checkpoint_info(out / "last.pt")["meta"].get("teacher_sha256")
+        if runs.is_finished(out):
+            recorded = runs.checkpoint_info(out / "last.pt")["meta"].get("teacher_sha256")
             if recorded:   # a finished student still matches its teacher's file
                 _check_unchanged(recorded, train.teacher_path(task.cfg, out), out / "last.pt")
             return
@@ -326,7 +234,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
 
 def _epoch(plan: Plan, run: str, ckpt: str) -> int | None:
     path = plan.out / "runs" / run / f"{ckpt}.pt"
-    return train.checkpoint_info(path)["epoch"] if path.is_file() else None
+    return runs.checkpoint_info(path)["epoch"] if path.is_file() else None
 
 
 _SLOT = 0  # this worker process's line for its progress bar (set once per worker)
@@ -453,7 +361,7 @@ def describe(plan: Plan) -> str:
              f"tables {', '.join(map(str, plan.plan.tables))}, seeds {len(plan.seeds)}, eps {plan.eps:.4g}",
              f"results in {plan.out}"]
     for name, cfg in plan.runs.items():
-        state = "done" if train.is_finished(plan.out / "runs" / name) else "to do"
+        state = "done" if runs.is_finished(plan.out / "runs" / name) else "to do"
         lines.append(f"  train {name:<34} {cfg.method:>8} {cfg.model:>12} {cfg.epochs:>4} epochs  [{state}]")
     return "\n".join(lines)
 
@@ -469,8 +377,6 @@ def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = Fa
     `allow_mixed` (see check_results_folder). `workers_per_gpu` runs that many tasks at once on every
     GPU, each in its own process.
     """
-    from rslad_kit import report
-
     plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
     gpus = 0
     if workers_per_gpu:

@@ -27,9 +27,10 @@ import submitit
 import torch
 from tqdm.auto import tqdm
 
-from rslad_kit import train
+from rslad_kit import report, runs
 from rslad_kit.errors import UserError
-from rslad_kit.reproduce import Plan, Task, build_plan, run_task
+from rslad_kit.plan import Plan, Task
+from rslad_kit.reproduce import build_plan, run_task
 
 EXECUTORS = ("local", "slurm", "debug")   # debug: in this process, for stepping through a job
 
@@ -46,7 +47,7 @@ class Job(submitit.helpers.Checkpointable):
 def is_done(task: Task, plan: Plan) -> bool:
     """Whether the task's result is already on disk (a finished run, or every attack evaluated)."""
     if task.kind == "train":
-        return train.is_finished(plan.out / "runs" / task.name)
+        return runs.is_finished(plan.out / "runs" / task.name)
     path = plan.out / "evals" / f"{task.name.removeprefix('eval:')}.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
     return all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items())
@@ -110,8 +111,6 @@ def run(p: str, *, out: str | Path = "results", kind: str = "local", seeds: int 
         timeout_min: int = 24 * 60, partition: str | None = None, gpus: int | None = None, parallel: int = 4,
         threads: int = 1, progress: bool = True, **overrides: Any) -> Path:
     """Build preset `p`'s plan, run its tasks through submitit, and write the report."""
-    from rslad_kit import report
-
     plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
     gpus = (1 if kind == "slurm" else 0) if gpus is None else gpus
     ex = executor(kind, plan.out / "submitit", timeout_min=timeout_min, partition=partition, gpus=gpus,

@@ -22,9 +22,10 @@ import torch
 from rslad_kit import models, reproduce, runs
 from rslad_kit.config import PRESETS, preset
 from rslad_kit.errors import UserError
+from rslad_kit.plan import Plan
 from rslad_kit.report import Cell
 from rslad_kit.stats import paired
-from rslad_kit.train import write_text
+from rslad_kit.runs import write_text
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,14 @@ def teacher_run(teacher: str) -> str:
 
 
 def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
-               **overrides: Any) -> tuple[reproduce.Plan, Ladder]:
-    """The study's runs and evaluations, as a `reproduce.Plan`."""
+               **overrides: Any) -> tuple[Plan, Ladder]:
+    """The study's runs and evaluations, as a `plan.Plan`."""
     lad = ladder(p)
     pc = PRESETS[p].plan
     seeds = seeds or lad.seeds
     base = preset(p, "rslad", **overrides)
     student = pc.students[0]
-    plan = reproduce.Plan(preset=p, out=Path(out) / f"{p}-teacher-study", plan=replace(pc, seeds=seeds, tables=()),
+    plan = Plan(preset=p, out=Path(out) / f"{p}-teacher-study", plan=replace(pc, seeds=seeds, tables=()),
                           dataset=base.dataset, eps=base.attack.eps, methods=("trades", "sat", "rslad"),
                           seeds=tuple(range(seeds)), teacher_spec="", base=base)
     attacks = ("clean", lad.attack)
@@ -98,7 +99,7 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
 
 # --- results -----------------------------------------------------------------------------------------
 
-def _params(teacher: str, plan: reproduce.Plan) -> int:
+def _params(teacher: str, plan: Plan) -> int:
     with torch.device("meta"):
         if teacher.startswith("robustbench:"):
             entry = models.ZOO[(plan.dataset, teacher.removeprefix("robustbench:"))]
@@ -109,7 +110,7 @@ def _params(teacher: str, plan: reproduce.Plan) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def summarise(plan: reproduce.Plan, lad: Ladder) -> dict[str, Any]:
+def summarise(plan: Plan, lad: Ladder) -> dict[str, Any]:
     """The study's numbers as JSON-ready data: one row per teacher, the SAT baseline and a verdict."""
     evals = {p.stem: json.loads(p.read_text()) for p in (plan.out / "evals").glob("*.json")}
 

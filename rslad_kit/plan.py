@@ -1,0 +1,115 @@
+"""A reproduce plan as data: the runs and evaluations behind the paper's tables, and their tasks.
+
+`reproduce.build_plan` fills a `Plan`; `reproduce.execute` runs its tasks; `report` reads it to write the
+tables. Keeping the plan here lets both import it without importing each other.
+
+Run names: `teacher`, `teacher-natural`, `surrogate`, and `<student>-<row>-s<seed>` for students, where
+a row is a method, a Table 6 variant or a Table 7 soft-label variant.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rslad_kit import evaluate as evaluate_lib
+from rslad_kit import models
+from rslad_kit.config import PlanConfig, TrainConfig
+from rslad_kit.losses import METHODS
+
+PAPER_METHODS = ("natural", "sat", "trades", "mart", "ard", "iad", "rslad")
+WHITE_BOX = evaluate_lib.PAPER_ATTACKS                     # Tables 2, 3, 4, 6
+BLACK_BOX = ("transfer_pgd", "transfer_cw", "square")      # Table 5
+SOFT_LABEL_ATTACKS = ("clean", "pgd_trades", "autoattack")  # Table 7
+SLOW_ATTACKS = ("autoattack", "square")                     # query-bound: a fixed cost per model on a CPU
+
+# Table 6: (outer-minimisation method, inner-maximisation method), all under RSLAD's schedule.
+ABLATIONS = {
+    "ard-300": ("ard", "ard"),
+    "ard_min+rslad_max": ("ard", "rslad"),
+    "rslad_min+ard_max": ("rslad", "ard"),
+    "rslad": ("rslad", "rslad"),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: train a run, or evaluate its checkpoints."""
+
+    name: str
+    kind: str                              # "train" | "evaluate"
+    needs: tuple[str, ...] = ()            # names of tasks that must finish first
+    cfg: TrainConfig | None = None         # train: the run's config
+    checkpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)  # evaluate: ckpt -> attacks
+    cost: float = 1.0                      # relative cost, for ordering and the dry-run estimate
+
+
+@dataclass
+class Plan:
+    preset: str
+    out: Path
+    plan: PlanConfig
+    dataset: str
+    eps: float
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    teacher_spec: str                      # what students pass as `teacher`
+    base: TrainConfig                      # the preset's RSLAD config with the caller's overrides
+    runs: dict[str, TrainConfig] = field(default_factory=dict)
+    rows: dict[tuple[int, str, str], list[str]] = field(default_factory=dict)  # (table, student, row) -> runs
+    evaluations: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # run -> ckpt -> attacks
+    zoo: dict[str, str] = field(default_factory=dict)  # evaluated from a zoo file: run -> robustbench:<name>
+
+    # --- building ------------------------------------------------------------------------------------
+
+    def add_run(self, name: str, cfg: TrainConfig) -> str:
+        """Add a training run; a config identical to an existing run's reuses that run."""
+        for existing, other in self.runs.items():
+            if other == cfg:
+                return existing
+        self.runs[name] = cfg
+        return name
+
+    def need(self, run: str, checkpoint: str, attacks: tuple[str, ...]) -> None:
+        self.evaluations.setdefault(run, {}).setdefault(checkpoint, set()).update(attacks)
+
+    def attacks_for(self, attacks: tuple[str, ...], seed: int, checkpoint: str) -> tuple[str, ...]:
+        """The attacks a checkpoint gets: the slow query attacks only within the preset's budget."""
+        k, ckpts = self.plan.slow_attack_seeds, self.plan.slow_attack_checkpoints
+        slow_ok = (k is None or seed < k) and checkpoint in ckpts
+        return tuple(a for a in attacks if a not in SLOW_ATTACKS or slow_ok)
+
+    # --- tasks ---------------------------------------------------------------------------------------
+
+    def tasks(self) -> list[Task]:
+        train_tasks = [Task(name, "train", needs=self._needs(cfg), cfg=cfg, cost=estimate_cost(cfg))
+                       for name, cfg in self.runs.items()]
+        # On a CPU one slow query attack on one checkpoint costs about one student's training run.
+        typical_run = statistics.median(t.cost for t in train_tasks) if train_tasks else 1.0
+        eval_tasks = []
+        for run, ckpts in self.evaluations.items():
+            needs = (run,) if run in self.runs else ()
+            if any(a.startswith("transfer") for attacks in ckpts.values() for a in attacks):
+                needs += ("surrogate",)
+            slow = sum(a in SLOW_ATTACKS for attacks in ckpts.values() for a in attacks)
+            eval_tasks.append(Task(f"eval:{run}", "evaluate", needs=needs,
+                                   checkpoints={k: tuple(sorted(v)) for k, v in ckpts.items()},
+                                   cost=typical_run * (slow + 0.1 * len(ckpts))))
+        return train_tasks + eval_tasks
+
+    def _needs(self, cfg: TrainConfig) -> tuple[str, ...]:
+        return (cfg.teacher,) if cfg.teacher in self.runs else ()
+
+
+# --- cost ------------------------------------------------------------------------------------------
+
+def estimate_cost(cfg: TrainConfig) -> float:
+    """Relative training cost: epochs x (attack steps + forwards) x model size (parameters)."""
+    passes = 1 + (cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0)
+    with torch.device("meta"):
+        size = sum(p.numel() for p in models.build(cfg.model, 10, in_channels=1 if cfg.dataset == "digits" else 3)
+                   .parameters())
+    return cfg.epochs * passes * size
