@@ -96,8 +96,10 @@ def evaluate(
             warn("the model's outputs look like probabilities; attacks need logits (remove the final softmax)")
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
                 atk.autoattack_warnings() as flags:
-            torch.manual_seed(seed)
             for name in names:
+                # Each attack from the same seed: its random start does not depend on which attacks ran
+                # before it, so a resumed evaluation (AutoAttack from its state file) gives the same numbers.
+                torch.manual_seed(seed)
                 start = time.perf_counter()
                 x_adv = x if name == "clean" else run[name](model, x, y)
                 for flag in flags:   # AutoAttack's own sanity checks
