@@ -24,7 +24,7 @@ def run_one(args: tuple[str, dict, str]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from rslad_kit import config, data, evaluate, train
+    from rslad_kit import config, data, evaluate, runs, train
 
     result_path = Path(out) / f"{name}.json"
     if result_path.exists():
@@ -38,7 +38,7 @@ def run_one(args: tuple[str, dict, str]) -> dict:
     ds = data.load("digits", image_size=cfg.image_size)
     run_dir = Path(out) / "runs" / name
     start = time.time()
-    if not train.is_finished(run_dir):
+    if not runs.is_finished(run_dir):
         train.train(cfg, run_dir, progress=False, dataset=ds, resume=(run_dir / "last.pt").exists())
     seconds = time.time() - start
     model = train.load_model(run_dir)

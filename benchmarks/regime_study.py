@@ -21,8 +21,10 @@ The write-up is docs/classroom_regime.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -72,10 +74,13 @@ def _key(d: dict) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def teacher_of(cell: str, method: str) -> str | None:
+    """The teacher a method reads in `cell`: RSLAD's; SAT and TRADES read none (so cells share them)."""
+    return CELLS[cell][1] if method == "rslad" else None
+
+
 def run_name(method: str, student: dict, teacher: str | None, seed: int) -> str:
     """A stable name for a run: identical settings share one run (and its cache)."""
-    import hashlib
-
     tag = hashlib.sha1(_key({"m": method, "s": student, "t": teacher}).encode()).hexdigest()[:8]
     return f"{method}-{student['model']}-{tag}-s{seed}"
 
@@ -86,7 +91,7 @@ def job(args: tuple[str, dict, str | None, int, str, str]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from rslad_kit import config, data, evaluate, train
+    from rslad_kit import config, data, evaluate, runs, train
 
     result_path = Path(out) / "evals" / f"{name}.{split}.json"
     if result_path.is_file():
@@ -98,24 +103,24 @@ def job(args: tuple[str, dict, str | None, int, str, str]) -> dict:
     ds = data.load("digits", image_size=cfg.image_size)
     run_dir = Path(out) / "runs" / name
     began = time.perf_counter()
-    if not train.is_finished(run_dir):
+    if not runs.is_finished(run_dir):
         train.train(cfg, run_dir, progress=False, dataset=ds, resume=(run_dir / "last.pt").is_file())
     seconds = time.perf_counter() - began
     model = train.load_model(run_dir)
     row = evaluate.evaluate(model, getattr(ds, split), ATTACKS, eps=cfg.attack.eps)
     result = {"name": name, "seed": seed, "split": split, "train_seconds": round(seconds, 1),
-              "epoch": train.checkpoint_info(run_dir / "best.pt")["epoch"], **{a: row[a] for a in ATTACKS}}
-    train.write_text(result_path, json.dumps(result))
+              "epoch": runs.checkpoint_info(run_dir / "best.pt")["epoch"], **{a: row[a] for a in ATTACKS}}
+    runs.write_text(result_path, json.dumps(result))
     return result
 
 
 def student_jobs(cells: list[str], seeds: tuple[int, ...], split: str, out: str) -> list[tuple]:
     jobs = {}
     for cell in cells:
-        student, teacher = CELLS[cell]
+        student = CELLS[cell][0]
         for seed in seeds:
             for method in METHODS:
-                t = teacher if method == "rslad" else None
+                t = teacher_of(cell, method)
                 name = run_name(method, student, t, seed)
                 jobs[name] = (name, {"method": method, **student}, t, seed, split, out)
     return list(jobs.values())
@@ -125,9 +130,7 @@ def run(cells: list[str], seeds: tuple[int, ...], split: str, out: str, workers:
     Path(out, "evals").mkdir(parents=True, exist_ok=True)
     teachers = sorted({CELLS[c][1] for c in cells})
     teacher_jobs = [(t, TEACHERS[t], None, 0, "val", out) for t in teachers]
-    jobs = student_jobs(cells, seeds, split, out)
-    # Cheap cells first, so that partial results are already useful.
-    jobs.sort(key=lambda j: cells.index(next(c for c in cells if _matches(c, j))))
+    jobs = student_jobs(cells, seeds, split, out)   # in the order of `cells`: partial results are useful
     with ProcessPoolExecutor(workers) as pool:
         for r in pool.map(job, teacher_jobs):
             print(json.dumps(r), flush=True)
@@ -135,20 +138,13 @@ def run(cells: list[str], seeds: tuple[int, ...], split: str, out: str, workers:
             print(json.dumps(r), flush=True)
 
 
-def _matches(cell: str, j: tuple) -> bool:
-    student, teacher = CELLS[cell]
-    settings = dict(j[1])
-    method = settings.pop("method")
-    return settings == student and (method != "rslad" or j[2] == teacher)
-
-
 def results(cell: str, seeds: tuple[int, ...], split: str, out: str) -> dict[str, dict[int, dict]]:
     """method -> seed -> result row, for what is cached."""
-    student, teacher = CELLS[cell]
     found: dict[str, dict[int, dict]] = {}
     for method in METHODS:
         for seed in seeds:
-            path = Path(out) / "evals" / f"{run_name(method, student, teacher if method == 'rslad' else None, seed)}.{split}.json"
+            name = run_name(method, CELLS[cell][0], teacher_of(cell, method), seed)
+            path = Path(out) / "evals" / f"{name}.{split}.json"
             if path.is_file():
                 found.setdefault(method, {})[seed] = json.loads(path.read_text())
     return found
@@ -156,7 +152,6 @@ def results(cell: str, seeds: tuple[int, ...], split: str, out: str) -> dict[str
 
 def report(cells: list[str], seeds: tuple[int, ...], split: str, out: str) -> str:
     from rslad_kit.stats import paired
-    import statistics
 
     lines = [f"Split: {split}; seeds {seeds[0]}-{seeds[-1]}. Means ± sd over seeds; paired differences "
              "with their 95% t-interval.", ""]
@@ -165,7 +160,8 @@ def report(cells: list[str], seeds: tuple[int, ...], split: str, out: str) -> st
         path = Path(out) / "evals" / f"{t}.val.json"
         if path.is_file():
             r = json.loads(path.read_text())
-            teacher_rows.append(f"| {t} | {r['clean']:.2f} | {r['pgd_trades']:.2f} | {r['cw']:.2f} | {r['train_seconds']:.0f} |")
+            teacher_rows.append(f"| {t} | {r['clean']:.2f} | {r['pgd_trades']:.2f} | {r['cw']:.2f} "
+                                f"| {r['train_seconds']:.0f} |")
     if teacher_rows:
         lines += ["| teacher (validation, one seed) | clean | PGD_TRADES | CW∞ | train s |", "|---|---|---|---|---|",
                   *teacher_rows, ""]

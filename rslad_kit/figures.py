@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rslad_kit import attacks, data, evaluate, models, reproduce, saliency, train
+from rslad_kit import attacks, data, evaluate, models, reproduce, runs, saliency, train
 from rslad_kit import teacher_study as study_lib
 from rslad_kit.config import PRESETS
 from rslad_kit.errors import UserError
@@ -321,7 +321,7 @@ def save(fig: Figure, path: str | Path) -> list[Path]:
     for fmt in ("png", "pdf"):
         target = Path(path).with_suffix(f".{fmt}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        train.atomic_write(target, lambda tmp: fig.savefig(tmp, format=fmt, dpi=200))
+        runs.atomic_write(target, lambda tmp: fig.savefig(tmp, format=fmt, dpi=200))
         written.append(target)
     return written
 
@@ -500,5 +500,5 @@ def _write_json(path: Path, obj: Any) -> list[Path]:
 
 def _write_text(path: Path, text: str) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    train.write_text(path, text)
+    runs.write_text(path, text)
     return [path]

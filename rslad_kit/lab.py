@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from rslad_kit import attacks as atk
-from rslad_kit import config, data, figures, models, saliency, teacher_study, train
+from rslad_kit import config, data, figures, models, runs, saliency, teacher_study, train
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS
 
@@ -53,8 +53,11 @@ QUICK_STUDY: dict[str, dict[str, Any]] = {"classroom": dict(seeds=1, epochs=15, 
 # --- one parameters cell, both scales ------------------------------------------------------------
 
 @functools.lru_cache(maxsize=2)
-def _dataset(name: str, root: str, val_size: int | None, image_size: int | None) -> data.Dataset:
-    return data.load(name, root, val_size=val_size, image_size=image_size)
+def _dataset(name: str, root: str, val_size: int | None, image_size: int | None,
+             device: torch.device) -> data.Dataset:
+    """Loaded, and moved to `device`, once per kernel."""
+    ds = data.load(name, root, val_size=val_size, image_size=image_size)
+    return replace(ds, train=ds.train.to(device), val=ds.val.to(device), test=ds.test.to(device))
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,7 @@ class Lab:
     def dataset(self) -> data.Dataset:
         """This scale's dataset, its splits on `device` (so evaluations and maps run there too)."""
         cfg = self.config("sat")
-        ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
-        return replace(ds, train=ds.train.to(self.device), val=ds.val.to(self.device),
-                                   test=ds.test.to(self.device))
+        return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, self.device)
 
     def teacher_config(self, kind: str = "teacher") -> config.TrainConfig | str:
         """The recipe of this scale's robust teacher ("teacher") or natural one ("teacher-natural")."""
@@ -131,7 +132,7 @@ class Lab:
 
     def cached(self, name: str) -> bool:
         """Whether the run runs/<scale>/<name> has finished (an earlier notebook trained it)."""
-        return train.is_finished(self.runs / self.scale / name)
+        return runs.is_finished(self.runs / self.scale / name)
 
     def soft_label_configs(self) -> dict[str, tuple[str, config.TrainConfig]]:
         """Table 7's RSLAD students by soft label, as (run name, config): RSL from the robust teacher
@@ -179,7 +180,7 @@ def setup(scale: str = "classroom", *, runs: str = "runs", data_root: str = "dat
 
 def environment() -> dict[str, Any]:
     """Versions, device and threads: what a run records, and what to check first when a lab misbehaves."""
-    return {"python": platform.python_version(), **train.provenance(train.resolve_device("auto")),
+    return {"python": platform.python_version(), **runs.provenance(train.resolve_device("auto")),
             "cores": train.available_cores(), "ipywidgets": widgets.__version__,
             "scikit-learn": sklearn.__version__}
 
@@ -200,8 +201,8 @@ def trained(cfg: config.TrainConfig, out: str | Path, *, dataset: data.Dataset |
     terms and validation accuracy, redrawn after every epoch while training.
     """
     out = Path(out)
-    if train.is_finished(out):
-        saved = config.from_dict(train.checkpoint_info(out / "last.pt")["meta"]["config"])
+    if runs.is_finished(out):
+        saved = config.from_dict(runs.checkpoint_info(out / "last.pt")["meta"]["config"])
         if saved != cfg:
             raise UserError(f"{out} holds a run trained with other settings; delete that folder or choose "
                             "another RUNS folder in the parameters cell")

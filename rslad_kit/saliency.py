@@ -10,19 +10,18 @@ image, even where an adversarial example makes the models predict different clas
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from scipy.stats import t as student_t
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
 from rslad_kit import models
+from rslad_kit.stats import mean_interval
 
 # Grad-CAM's target layer for every registry architecture, by its `get_submodule` path. The last
 # stage before global pooling, as in the Grad-CAM paper; on 32x32 CIFAR inputs that is a 4x4 map
@@ -117,16 +116,6 @@ def rank_correlations(a: Tensor, b: Tensor) -> np.ndarray:
     denom = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, (ra * rb).sum(1) / denom, np.nan)
-
-
-def mean_interval(values: np.ndarray | list[float]) -> dict[str, float | int]:
-    """Mean and its 95% t-interval (NaNs dropped): {"mean", "low", "high", "n"}."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
-    n = len(v)
-    mean = float(v.mean()) if n else math.nan
-    half = float(student_t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
 def map_similarity(a: Tensor, b: Tensor) -> dict[str, float | int]:

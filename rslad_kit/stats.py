@@ -1,8 +1,9 @@
 """Paired comparisons of two methods over seeds: the difference, its 95% interval, and power.
 
 Runs that share a seed share their initialisation and data order, so the honest comparison of two
-methods is the per-seed difference, not two independent means. Used by the summary of `reproduce`
-and by the classroom regime study (benchmarks/regime_study.py).
+methods is the per-seed difference, not two independent means. Used by the summary of `reproduce`,
+the teacher study, and the classroom regime study (benchmarks/regime_study.py); `mean_interval` gives
+Figure 2's similarity its interval.
 """
 
 from __future__ import annotations
@@ -10,15 +11,32 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
+import numpy as np
 from scipy import stats as _scipy_stats
 
+_Z_POWER = 1.959964 + 0.841621  # the same margin under the normal distribution (infinite degrees of freedom)
 
 
 def power_margin(n: int) -> float:
     """t_0.975 + t_0.8 at n - 1 degrees of freedom: a two-sided 5% test with 80% power."""
     return float(_scipy_stats.t.ppf(0.975, n - 1) + _scipy_stats.t.ppf(0.8, n - 1))
+
+
+def half_width(sd: float, n: int) -> float:
+    """Half the width of the 95% t-interval of a mean of `n` values whose standard deviation is `sd`."""
+    return float(_scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def mean_interval(values: Sequence[float]) -> dict[str, float | int]:
+    """Mean and its 95% t-interval (NaNs dropped): {"mean", "low", "high", "n"}."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    n = len(v)
+    mean = float(v.mean()) if n else math.nan
+    half = half_width(float(v.std(ddof=1)), n) if n > 1 else math.nan
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
 @dataclass(frozen=True)
@@ -46,10 +64,10 @@ class Paired:
             return None
         if self.sd == 0:
             return 2
-        for n in range(2, 100_000):
-            if power_margin(n) * self.sd / math.sqrt(n) <= abs(self.mean):
-                return n
-        return None
+        n = max(2, math.ceil((_Z_POWER * self.sd / self.mean) ** 2))   # the normal approximation: a lower bound
+        while power_margin(n) * self.sd / math.sqrt(n) > abs(self.mean):
+            n += 1
+        return n
 
     def __str__(self) -> str:
         if self.mean is None:
@@ -72,6 +90,6 @@ def paired(a: Mapping[int, float], b: Mapping[int, float]) -> Paired:
     sd = statistics.stdev(diffs)
     if sd == 0:   # every seed gives the same difference: the interval is that point
         return Paired(len(diffs), mean, mean, mean, 1.0 if mean == 0 else 0.0, 0.0, missing)
-    half = _scipy_stats.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    half = half_width(sd, len(diffs))
     p = 2 * _scipy_stats.t.sf(abs(mean) / (sd / math.sqrt(len(diffs))), len(diffs) - 1)
     return Paired(len(diffs), mean, mean - half, mean + half, float(p), sd, missing)

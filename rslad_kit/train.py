@@ -38,8 +38,7 @@ from rslad_kit.config import TrainConfig, from_dict, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.evaluate import evaluate
 from rslad_kit.losses import METHODS
-# Run-folder helpers, re-exported: `train.save`, `train.is_finished`, ... keep working.
-from rslad_kit.runs import atomic_write, checkpoint_info, is_finished, provenance, save, write_text  # noqa: F401
+from rslad_kit.runs import provenance, save, write_text
 
 OBJECTIVES = ("none", "ce", "kl_self", "kl_teacher")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rslad_kit import UserError, attacks, lab, models, solutions, train
+from rslad_kit import UserError, attacks, lab, models, runs, solutions, train
 from rslad_kit.config import preset
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
@@ -209,7 +209,7 @@ def test_trained_caches_resumes_and_refuses_other_settings(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg, out, progress=False, on_epoch=stop_after_first_epoch)
-    assert not train.is_finished(out)
+    assert not runs.is_finished(out)
     L.train(cfg, "natural")                      # resumes the interrupted run
     assert [h["epoch"] for h in lab.history(out)] == [1, 2]
     stamp = (out / "last.pt").stat().st_mtime_ns

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rslad_kit import report, reproduce, train
+from rslad_kit import report, reproduce, runs, train
 from rslad_kit.losses import METHODS, Method, kl
 
 FIXTURE = Path(__file__).parent / "fixtures" / "paper_tables.txt"
@@ -145,7 +145,7 @@ def test_an_interrupted_run_resumes(smoke, monkeypatch):
     monkeypatch.setattr(train, "train", lambda *a, **k: calls.append(k["resume"]) or real_train(*a, **k))
     reproduce.run("smoke", out=folder.parent, progress=False, workers=1)
     assert calls == [True]
-    assert train.is_finished(run)
+    assert runs.is_finished(run)
 
 
 # --- bring your own method -------------------------------------------------------------------------

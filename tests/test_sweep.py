@@ -5,7 +5,7 @@ import os
 import pytest
 import submitit
 
-from rslad_kit import UserError, reproduce, sweep, train
+from rslad_kit import UserError, reproduce, runs, sweep
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def plan(tmp_path):
 def test_local_jobs_run_the_plan_in_dependency_order_and_skip_finished_work(plan):
     ex = sweep.executor("local", plan.out / "submitit", timeout_min=5)
     assert sweep.dispatch(plan, ex, progress=False) == ["cnn-w4-natural-s0", "eval:cnn-w4-natural-s0"]
-    assert train.is_finished(plan.out / "runs" / "cnn-w4-natural-s0")
+    assert runs.is_finished(plan.out / "runs" / "cnn-w4-natural-s0")
     assert (plan.out / "evals" / "cnn-w4-natural-s0.json").is_file()
     assert sweep.dispatch(plan, ex, progress=False) == []
 

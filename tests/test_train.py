@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rslad_kit import UserError, config, losses, models, train
+from rslad_kit import UserError, config, losses, models, runs, train
 from rslad_kit.config import preset
 from rslad_kit.losses import METHODS
 from rslad_kit.train import TrainingDiverged, lr_at, train_step
@@ -111,7 +111,7 @@ def test_a_run_folder_holds_config_checkpoints_and_metrics(teacher_run):
         meta = checkpoint["meta"]
         assert meta["config"]["method"] == "trades" and meta["seed"] == 0
         assert meta["kit_version"] and meta["torch_version"] == torch.__version__
-    assert train.is_finished(teacher_run)
+    assert runs.is_finished(teacher_run)
 
 
 def test_distillation_from_a_kit_run_by_name(teacher_run):
@@ -181,7 +181,7 @@ def test_kill_9_mid_run_then_resume_gives_the_same_weights(tmp_path):
 
 def test_a_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    train.save({"epoch": 1}, path)
+    runs.save({"epoch": 1}, path)
 
     def torn_write(obj, f):
         Path(f).write_bytes(b"half a checkpoint")
@@ -189,7 +189,7 @@ def test_a_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "save", torn_write)
     with pytest.raises(OSError):
-        train.save({"epoch": 2}, path)
+        runs.save({"epoch": 2}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
 
 
