@@ -29,7 +29,7 @@ from rslad_kit import data, gpu, models, reproduce
 from rslad_kit import plan as plan_lib
 from rslad_kit.config import TrainConfig, preset
 from rslad_kit.models import WideResNet
-from rslad_kit.train import train_step
+from rslad_kit.train import make_graphs, train_step
 
 CIFAR_TRAIN = 49_000   # CIFAR-10's training images less the 1,000 held out for validation
 
@@ -56,16 +56,10 @@ def _cpu_name() -> str:
 def kit_images_per_s(student, teacher, split: data.Split, cfg: TrainConfig, batches: int, padding: int,
                      warmup: int = 1) -> float:
     """The kit's loop (TensorLoader + train_step), timed over `batches` after `warmup` batches."""
-    from rslad_kit import graphs
-    from rslad_kit.train import inner_objective
-
     if cfg.channels_last:
         student, teacher = (m.to(memory_format=torch.channels_last) for m in (student, teacher))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
-    graphed = None
-    if cfg.cuda_graphs:
-        graphed = graphs.GraphedPGD(student, cfg.attack,
-                                    lambda x, y, t: inner_objective("kl_teacher", student, x, y, t), bf16=cfg.bf16)
+    attack, graph = make_graphs(cfg, student, teacher, num_classes=10)
     loader = data.TensorLoader(split, cfg.batch_size, augment=True, padding=padding, flip=True, drop_last=True)
     seen, start = 0, None
     for i, (x, y) in enumerate(loader.epoch(1)):
@@ -76,7 +70,7 @@ def kit_images_per_s(student, teacher, split: data.Split, cfg: TrainConfig, batc
             break
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        train_step(student, teacher, optimizer, x, y, cfg, num_classes=10, attack=graphed)
+        train_step(student, teacher, optimizer, x, y, cfg, num_classes=10, attack=attack, graph=graph)
         seen += len(y)
     _sync()
     return seen / (time.perf_counter() - start)
@@ -248,8 +242,10 @@ def part_gpu(args) -> None:
     variants = {
         "kit fp32": {},
         "kit bf16 + channels_last (student and teacher)": dict(bf16=True, channels_last=True),
-        "kit fp32 + CUDA-graph attack": dict(cuda_graphs=True),
-        "kit bf16 + channels_last + CUDA-graph attack": dict(bf16=True, channels_last=True, cuda_graphs=True),
+        "kit fp32 + CUDA-graph attack": dict(cuda_graphs="attack"),
+        "kit bf16 + channels_last + CUDA-graph attack": dict(bf16=True, channels_last=True, cuda_graphs="attack"),
+        "kit fp32 + CUDA-graph step": dict(cuda_graphs="step"),
+        "kit bf16 + channels_last + CUDA-graph step": dict(bf16=True, channels_last=True, cuda_graphs="step"),
         "kit fp32, deterministic": dict(deterministic=True),
     }
     rows = {"official": [official_images_per_s(fresh("resnet18", device=dev), fresh("wrn-34-10", device=dev).eval(),

@@ -73,8 +73,9 @@ class TrainConfig:
     channels_last: bool = False        # GPU option: channels-last memory format (student and teacher)
     deterministic: bool = False        # deterministic kernels (cuDNN, cuBLAS): bitwise resume on a GPU too,
                                        # at some speed; a CPU run is bitwise reproducible either way
-    cuda_graphs: bool = False          # GPU option: replay the PGD attack as CUDA graphs (rslad_kit/graphs.py);
-                                       # 1.4-2.5x faster attacks on an H100 (docs/benchmarks.md)
+    cuda_graphs: str = "off"           # GPU option, replayed from CUDA graphs (rslad_kit/graphs.py): "attack"
+                                       # (the PGD; 1.4-2.5x faster attacks on an H100) or "step" (everything
+                                       # but the optimiser's step; 2x images/s in bf16; docs/benchmarks.md)
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -85,6 +86,8 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def from_dict(d: Mapping[str, Any]) -> TrainConfig:
     """Inverse of `to_dict` (lists back to tuples, the attack back to AttackConfig)."""
     d = dict(d)
+    if isinstance(d.get("cuda_graphs"), bool):   # saved before "step" existed: true meant the attack
+        d["cuda_graphs"] = "attack" if d["cuda_graphs"] else "off"
     d["attack"] = AttackConfig(**d["attack"])
     d["milestones"] = tuple(d["milestones"])
     return TrainConfig(**d)

@@ -7,8 +7,8 @@ a temporary file and renamed (runs.py), so a kill at any moment leaves the previ
 epoch's randomness is seeded from (seed, epoch), so a resumed run repeats exactly what an
 uninterrupted one does: on a CPU the final weights are bitwise identical, and on a GPU too with
 `deterministic=True` (rslad_kit/gpu.py says what differs without it). Under torchrun the same loop
-trains data-parallel (rslad_kit/distributed.py); `cuda_graphs=True` replays the attack from CUDA
-graphs (rslad_kit/graphs.py).
+trains data-parallel (rslad_kit/distributed.py); `cuda_graphs="attack"` or `"step"` replays the attack
+or the whole step from CUDA graphs (rslad_kit/graphs.py).
 
 Taught in notebooks/04_training.ipynb.
 """
@@ -22,6 +22,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -126,12 +127,14 @@ def loss_terms(
 
     Leaves the student in train mode, as the outer minimisation runs. `student` may be wrapped in
     DistributedDataParallel: the attack runs on the module inside it. `attack(x, y, t_nat)` replaces
-    the eager attack (graphs.GraphedPGD, built by `train`). Taught in notebooks/03_table1_losses.ipynb,
+    the eager attack (graphs.GraphedPGD or graphs.capturable_attack, built by `train`). Taught in notebooks/03_table1_losses.ipynb,
     which prints these terms for every row of Table 1.
     """
     method = METHODS[cfg.method]
     objective = cfg.objective or method.attack
-    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    # inside a captured step, autocast's cache of bf16 weights must not outlive the capture
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
+                              cache_enabled=cfg.cuda_graphs != "step")
 
     # --- soft labels on the clean batch, computed once for the attack and the loss
     t_nat = None
@@ -175,14 +178,23 @@ def train_step(
     epoch: int = 1,
     num_classes: int | None = None,
     attack: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
+    graph: graphs.GraphedStep | None = None,
 ) -> dict[str, float]:
-    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms."""
-    terms = loss_terms(student, teacher, x, y, cfg, epoch=epoch, num_classes=num_classes, attack=attack)
+    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms.
+
+    `graph` (built by `train` for `cuda_graphs="step"`) replays the forwards and the backward, which
+    leave the gradients in `.grad`; only the optimiser's step then runs eagerly.
+    """
+    if graph is not None:
+        terms = graph(x, y, epoch)
+    else:
+        terms = loss_terms(student, teacher, x, y, cfg, epoch=epoch, num_classes=num_classes, attack=attack)
     loss = sum(terms.values())
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"the {cfg.method} loss became {loss.item()} at epoch {epoch}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if graph is None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
     optimizer.step()
     return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
 
@@ -222,6 +234,8 @@ def check_config(cfg: TrainConfig) -> None:
     atk.check_eps(cfg.attack.eps)
     if cfg.attack.random_start not in ("uniform", "normal", "none") or cfg.attack.bn_mode not in ("eval", "train"):
         raise UserError("attack.random_start must be uniform/normal/none and attack.bn_mode eval/train")
+    if cfg.cuda_graphs not in ("off", "attack", "step"):
+        raise UserError(f"cuda_graphs={cfg.cuda_graphs!r}; use 'off', 'attack' (the PGD) or 'step' (the whole step)")
     if cfg.select_by not in ("pgd_trades", "clean"):
         raise UserError(f"select_by must be 'pgd_trades' or 'clean' (got {cfg.select_by!r})")
     for name, value, lowest in (("epochs", cfg.epochs, 1), ("batch_size", cfg.batch_size, 1),
@@ -359,8 +373,12 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     last_path = out / "last.pt"
     gpu.set_deterministic(cfg.deterministic)
     ctx, device = dist_lib.setup(resolve_device(cfg.device))
-    if cfg.cuda_graphs and device.type != "cuda":
-        raise UserError(f"cuda_graphs needs a CUDA device (this run uses {device}); drop --set cuda_graphs=true")
+    if cfg.cuda_graphs == "step" and ctx.active:
+        raise UserError("cuda_graphs=step cannot record DistributedDataParallel's gradient all-reduce; "
+                        "under torchrun use --set cuda_graphs=attack")
+    if cfg.cuda_graphs != "off" and device.type != "cuda":
+        raise UserError(f"cuda_graphs={cfg.cuda_graphs} needs a CUDA device (this run uses {device}); "
+                        "drop --set cuda_graphs")
     ds = dataset or data_lib.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size)
     if cfg.batch_size > len(ds.train):
         raise UserError(f"batch_size={cfg.batch_size} but {cfg.dataset} has {len(ds.train)} training examples; "
@@ -394,11 +412,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
         write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
     model = dist_lib.wrap(student, ctx, device)   # `student` itself is what attacks, evaluation and files see
-    graphed = None
-    if cfg.cuda_graphs:
-        objective = cfg.objective or METHODS[cfg.method].attack
-        graphed = graphs.GraphedPGD(student, cfg.attack, lambda x, y, t: inner_objective(objective, student, x, y, t),
-                                    bf16=cfg.bf16)
+    attack, graph = make_graphs(cfg, student, teacher, ds.num_classes)
     train_split, val_split = ds.train.to(device), ds.val.to(device)
     val_shard = data_lib.Split(dist_lib.shard_split(val_split.x, ctx), dist_lib.shard_split(val_split.y, ctx))
     loader = data_lib.TensorLoader(train_split, cfg.batch_size, shuffle=True, augment=cfg.augment,
@@ -416,7 +430,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
                 terms = train_step(model, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=ds.num_classes,
-                                   attack=graphed)
+                                   attack=attack, graph=graph)
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{e}; the last good checkpoint (epoch {start}) is kept in {out}; "
                                        "lower --lr or check the teacher") from None
@@ -455,6 +469,22 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
             on_epoch(history)
     bar.close()
     return history
+
+
+def make_graphs(cfg: TrainConfig, student: nn.Module, teacher: nn.Module | None, num_classes: int
+                ) -> tuple[graphs.GraphedPGD | None, graphs.GraphedStep | None]:
+    """The CUDA-graph replays `cfg.cuda_graphs` asks for, as (attack, step); None where eager."""
+    if cfg.cuda_graphs == "off":
+        return None, None
+    objective = partial(inner_objective, cfg.objective or METHODS[cfg.method].attack, student)
+    if cfg.cuda_graphs == "attack":
+        return graphs.GraphedPGD(student, cfg.attack, objective, bf16=cfg.bf16), None
+    attack = graphs.capturable_attack(student, cfg.attack, objective, bf16=cfg.bf16)
+
+    def terms(x: Tensor, y: Tensor, epoch: int) -> dict[str, Tensor]:
+        return loss_terms(student, teacher, x, y, cfg, epoch=epoch, num_classes=num_classes, attack=attack)
+
+    return None, graphs.GraphedStep(student, terms, reads_epoch="epoch" in METHODS[cfg.method].inputs)
 
 
 def _check_same_inputs(saved: dict, meta: dict, out: Path) -> None:

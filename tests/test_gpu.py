@@ -1,16 +1,18 @@
-"""GPU switches: deterministic kernels, CUDA-graph attacks, channels_last, workers per GPU.
+"""GPU switches: deterministic kernels, CUDA graphs (attack and whole step), channels_last, workers per GPU.
 
 The CUDA tests skip on a machine without a GPU; the rest check the switches' contracts on a CPU.
 """
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
 
 from rslad_kit import UserError, cli, gpu, train
 from rslad_kit import attacks as atk
-from rslad_kit.config import AttackConfig, preset
+from rslad_kit.config import AttackConfig, from_dict, preset, to_dict
+from rslad_kit.distributed import Context
 from rslad_kit.graphs import GraphedPGD
 from rslad_kit.losses import METHODS
 from rslad_kit.models import build
@@ -33,12 +35,32 @@ def test_deterministic_sets_the_kernels_and_off_restores_the_defaults():
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
 
 
-def test_cuda_graphs_without_cuda_is_one_line(tmp_path):
+@pytest.mark.parametrize("scope", ["attack", "step"])
+def test_cuda_graphs_without_cuda_is_one_line(tmp_path, scope):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(UserError, match="cuda_graphs needs a CUDA device"):
-        train.train(preset("smoke", "sat", cuda_graphs=True), tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match=f"cuda_graphs={scope} needs a CUDA device"):
+        train.train(preset("smoke", "sat", cuda_graphs=scope), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_cuda_graphs_names_its_choices(tmp_path):
+    with pytest.raises(UserError, match="use 'off', 'attack'"):
+        train.train(preset("smoke", "sat", cuda_graphs="yes"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_saved_with_a_boolean_cuda_graphs_still_loads():
+    saved = to_dict(preset("smoke", "sat")) | {"cuda_graphs": True}
+    assert from_dict(saved).cuda_graphs == "attack"
+    assert from_dict(saved | {"cuda_graphs": False}).cuda_graphs == "off"
+
+
+def test_step_graphs_under_torchrun_are_refused(tmp_path, monkeypatch):
+    """DDP's all-reduce runs inside the backward; a captured step would replay it blind."""
+    monkeypatch.setattr(train.dist_lib, "setup", lambda device: (Context(0, 2, 0), device))
+    with pytest.raises(UserError, match="under torchrun use --set cuda_graphs=attack"):
+        train.train(preset("smoke", "sat", cuda_graphs="step"), tmp_path / "run", progress=False)
 
 
 def test_mps_note_is_one_line():
@@ -98,11 +120,49 @@ def test_graphed_attack_in_bf16_stays_in_the_ball_and_near_eager():
 
 
 @cuda
+@pytest.mark.parametrize("method", list(METHODS))
+def test_graphed_step_matches_eager_steps_in_fp32_with_deterministic_kernels(method):
+    """Full batches, the epoch's last smaller one (its own graph), and a later epoch (IAD's warm-up
+    ends: its graphs are captured anew). Same kernels in both paths, so the weights should agree to
+    the last bit; the tolerance only allows for a different summation order in a replayed kernel."""
+    gpu.set_deterministic(True)
+    try:
+        cfg = preset("smoke", method, teacher="t", attack={"random_start": "none"}, cuda_graphs="step")
+        teacher = _student("cuda").eval().requires_grad_(False) if METHODS[method].needs_teacher else None
+        eager, graphed = _student("cuda"), _student("cuda")
+        opt_eager, opt_graphed = (torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (eager, graphed))
+        _, graph = train.make_graphs(cfg, graphed, teacher, num_classes=10)
+        for seed, n, epoch in ((0, 32, 1), (1, 32, 1), (2, 7, 1), (3, 32, 100)):
+            x, y = batch(n, "cuda", seed)
+            a = train.train_step(eager, teacher, opt_eager, x, y, cfg, epoch=epoch, num_classes=10)
+            b = train.train_step(graphed, teacher, opt_graphed, x, y, cfg, epoch=epoch, num_classes=10, graph=graph)
+            assert a.keys() == b.keys()
+            torch.testing.assert_close(torch.tensor(list(b.values())), torch.tensor(list(a.values())),
+                                       rtol=1e-5, atol=1e-6)
+        for (name, p), q in zip(eager.state_dict().items(), graphed.state_dict().values()):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+    finally:
+        gpu.set_deterministic(False)
+
+
+@cuda
+@pytest.mark.parametrize("scope", ["attack", "step"])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_training_with_graphs_and_channels_last_runs(tmp_path, bf16):
-    cfg = preset("smoke", "trades", cuda_graphs=True, channels_last=True, bf16=bf16, device="cuda")
+def test_training_with_graphs_and_channels_last_runs(tmp_path, scope, bf16):
+    cfg = preset("smoke", "trades", cuda_graphs=scope, channels_last=True, bf16=bf16, device="cuda")
     history = train.train(cfg, tmp_path / "run", progress=False)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+
+
+@cuda
+def test_distilling_through_train_with_a_step_graph(tmp_path):
+    """RSLAD from a teacher run folder, the whole step graphed: the loss stays finite and falls."""
+    train.train(preset("smoke", "trades", device="cuda"), tmp_path / "teacher", progress=False)
+    cfg = preset("smoke", "rslad", teacher=str(tmp_path / "teacher"), cuda_graphs="step", device="cuda")
+    history = train.train(replace(cfg, epochs=max(cfg.epochs, 3)), tmp_path / "run", progress=False)
+    losses = [h["loss"] for h in history]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert (tmp_path / "run" / "best.pt").is_file()
 
 
 def test_workers_spread_over_the_gpus_round_robin(monkeypatch):
