@@ -118,7 +118,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from rslad_kit import sweep
 
-    folder = sweep.run(args.preset, out=args.out, kind=args.executor, seeds=args.seeds, full=args.full,
+    folder = sweep.run(args.preset, out=args.out, study=args.study, kind=args.executor, seeds=args.seeds, full=args.full,
                        timeout_min=args.timeout_min, partition=args.partition, gpus=args.gpus_per_job,
                        parallel=args.parallel, threads=args.threads_per_job, data_root=args.data_root,
                        device=args.device)
@@ -195,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="N runs at once on every GPU, each its own process (README: several runs per GPU)")
     rp.set_defaults(func=cmd_reproduce)
 
-    sw = sub.add_parser("sweep", help="run a reproduce plan's tasks as submitit jobs (local or Slurm)")
+    sw = sub.add_parser("sweep", help="run a reproduce plan's or a teacher ladder's tasks as submitit jobs "
+                                      "(local or Slurm)")
     sw.add_argument("--preset", default="classroom")
+    sw.add_argument("--study", default="reproduce", help="reproduce (the tables) or teacher (the teacher ladder)")
     sw.add_argument("--out", default="results")
     sw.add_argument("--executor", default="local", help="local (processes here), slurm, or debug (this process)")
     sw.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")

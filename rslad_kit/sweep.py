@@ -1,6 +1,7 @@
-"""`rslad-kit sweep`: a `reproduce` plan's tasks as submitit jobs, on this machine or on a Slurm cluster.
+"""`rslad-kit sweep`: a plan's tasks as submitit jobs, on this machine or on a Slurm cluster.
 
-The plan, its tasks and how each task runs and resumes are `reproduce`'s (build_plan, Plan.tasks,
+The plan is a `reproduce` preset's (`--study reproduce`, the tables) or a teacher ladder's
+(`--study teacher`, Figure 4). Its tasks and how each runs and resumes are `reproduce`'s (Plan.tasks,
 run_task); submitit only decides where a task runs. Tasks go out in waves: a wave holds the tasks
 whose prerequisites (the teachers, the surrogate) are done, so students wait for their teacher.
 Tasks whose results are on disk are not submitted again.
@@ -27,12 +28,13 @@ import submitit
 import torch
 from tqdm.auto import tqdm
 
-from rslad_kit import report, runs
+from rslad_kit import report, runs, teacher_study
 from rslad_kit.errors import UserError
 from rslad_kit.plan import Plan, Task
 from rslad_kit.reproduce import build_plan, run_task
 
 EXECUTORS = ("local", "slurm", "debug")   # debug: in this process, for stepping through a job
+STUDIES = ("reproduce", "teacher")
 
 
 class Job(submitit.helpers.Checkpointable):
@@ -106,16 +108,26 @@ def dispatch(plan: Plan, ex: submitit.AutoExecutor, *, parallel: int = 4, thread
     return submitted
 
 
-def run(p: str, *, out: str | Path = "results", kind: str = "local", seeds: int | None = None,
-        tables: tuple[int, ...] | None = None, full: bool = False, methods: tuple[str, ...] | None = None,
-        timeout_min: int = 24 * 60, partition: str | None = None, gpus: int | None = None, parallel: int = 4,
-        threads: int = 1, progress: bool = True, **overrides: Any) -> Path:
-    """Build preset `p`'s plan, run its tasks through submitit, and write the report."""
-    plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
+def run(p: str, *, out: str | Path = "results", study: str = "reproduce", kind: str = "local",
+        seeds: int | None = None, tables: tuple[int, ...] | None = None, full: bool = False,
+        methods: tuple[str, ...] | None = None, timeout_min: int = 24 * 60, partition: str | None = None,
+        gpus: int | None = None, parallel: int = 4, threads: int = 1, progress: bool = True,
+        **overrides: Any) -> Path:
+    """Build `study`'s plan for preset `p`, run its tasks through submitit, and write its report
+    (the tables, or the teacher study's summary)."""
+    if study not in STUDIES:
+        raise UserError(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
+    if study == "teacher":
+        plan, lad = teacher_study.build_plan(p, out, seeds=seeds, **overrides)
+    else:
+        plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
     gpus = (1 if kind == "slurm" else 0) if gpus is None else gpus
     ex = executor(kind, plan.out / "submitit", timeout_min=timeout_min, partition=partition, gpus=gpus,
                   cpus=threads, parallel=parallel)
     started = time.perf_counter()
     dispatch(plan, ex, parallel=parallel, threads=threads, progress=progress)
-    report.write(plan, seconds=time.perf_counter() - started)
+    if study == "teacher":
+        teacher_study.write(plan, lad)
+    else:
+        report.write(plan, seconds=time.perf_counter() - started)
     return plan.out

@@ -182,11 +182,16 @@ def run(p: str = "classroom", *, out: str | Path = "results", seeds: int | None 
         return plan.out
     with runs.lock(plan.out, "teacher study"):   # one writer per study folder, as for reproduce
         reproduce.execute(plan, workers, progress)
-        data = summarise(plan, lad)
-        write_text(plan.out / "teacher_study.json", json.dumps(data, indent=1))
-        write_text(plan.out / "summary.md", f"# Teacher study: `rslad-kit teacher-study --preset {p}`\n\n"
-                   f"{data['summary']}\n")
+        write(plan, lad)
     return plan.out
+
+
+def write(plan: Plan, lad: Ladder) -> None:
+    """`teacher_study.json` and `summary.md` in the study's folder, from the results on disk."""
+    data = summarise(plan, lad)
+    write_text(plan.out / "teacher_study.json", json.dumps(data, indent=1))
+    write_text(plan.out / "summary.md", f"# Teacher study: `rslad-kit teacher-study --preset {plan.preset}`\n\n"
+               f"{data['summary']}\n")
 
 
 def load(folder: str | Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import os
 import pytest
 import submitit
 
-from rslad_kit import UserError, reproduce, runs, sweep
+from rslad_kit import UserError, reproduce, runs, sweep, teacher_study
 
 
 @pytest.fixture
@@ -23,6 +23,26 @@ def test_local_jobs_run_the_plan_in_dependency_order_and_skip_finished_work(plan
     assert runs.is_finished(plan.out / "runs" / "cnn-w4-natural-s0")
     assert (plan.out / "evals" / "cnn-w4-natural-s0.json").is_file()
     assert sweep.dispatch(plan, ex, progress=False) == []
+
+
+def test_the_teacher_ladder_sweeps_through_the_same_jobs_and_writes_its_summary(tmp_path, monkeypatch):
+    """A ladder cut to its smallest teacher: the dispatch and the study's files, not the study's work."""
+    build = teacher_study.build_plan
+
+    def one_teacher(p, out, **kwargs):
+        plan, lad = build(p, out, **kwargs)
+        first = teacher_study.teacher_run(lad.teachers[0])
+        plan.runs = {first: plan.runs[first]}
+        plan.evaluations = {first: {"best": {"clean"}}}
+        return plan, lad
+
+    monkeypatch.setattr(teacher_study, "build_plan", one_teacher)
+    folder = sweep.run("smoke", out=tmp_path, study="teacher", kind="local", progress=False)
+    assert folder == tmp_path / "smoke-teacher-study"
+    assert runs.is_finished(folder / "runs" / "teacher-cnn-w4")
+    assert "unfinished" in (folder / "summary.md").read_text()   # the students were cut from the plan
+    with pytest.raises(UserError, match="unknown study"):
+        sweep.run("smoke", out=tmp_path, study="ladder")
 
 
 def test_a_preempted_job_is_requeued_with_the_same_task(plan):
