@@ -137,7 +137,7 @@ def cmd_teacher_study(args: argparse.Namespace) -> None:
     from rslad_kit import figures, teacher_study
 
     folder = teacher_study.run(args.preset, out=args.out, seeds=args.seeds, dry_run=args.dry_run,
-                               data_root=args.data_root, device=args.device)
+                               workers_per_gpu=args.workers_per_gpu, data_root=args.data_root, device=args.device)
     if not args.dry_run:
         figures.write_teacher_study(folder)
         print((folder / "summary.md").read_text().strip().splitlines()[-1])
@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--data-root", default="data")
     ts.add_argument("--device", default="auto")
     ts.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
+    ts.add_argument("--workers-per-gpu", type=int, metavar="N", help="N runs at once on every GPU (as for reproduce)")
     ts.set_defaults(func=cmd_teacher_study)
     return parser
 

@@ -353,6 +353,18 @@ def default_workers(plan: Plan) -> int:
     return max(1, min(train.available_cores(), 8))
 
 
+def gpu_workers(plan: Plan, workers_per_gpu: int) -> tuple[int, int]:
+    """(workers, GPUs) for `workers_per_gpu` tasks at once on every visible GPU, each its own process;
+    prints whether NVIDIA MPS is running."""
+    if workers_per_gpu < 1:
+        raise UserError(f"--workers-per-gpu {workers_per_gpu}; pass a whole number >= 1")
+    gpus = gpu.gpu_count()
+    if gpus == 0 or train.resolve_device(plan.base.device).type != "cuda":
+        raise UserError("--workers-per-gpu needs CUDA devices; on a CPU, the plan runs one worker per core")
+    print(gpu.mps_note(workers_per_gpu))
+    return workers_per_gpu * gpus, gpus
+
+
 def describe(plan: Plan) -> str:
     """The plan in words, with its estimated cost."""
     tasks = plan.tasks()
@@ -379,12 +391,8 @@ def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = Fa
     """
     plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
     gpus = 0
-    if workers_per_gpu:
-        gpus = gpu.gpu_count()
-        if gpus == 0 or train.resolve_device(plan.base.device).type != "cuda":
-            raise UserError("--workers-per-gpu needs CUDA devices; on a CPU, reproduce runs one worker per core")
-        workers = workers_per_gpu * gpus
-        print(gpu.mps_note(workers_per_gpu))
+    if workers_per_gpu is not None:
+        workers, gpus = gpu_workers(plan, workers_per_gpu)
     workers = workers or default_workers(plan)
     if dry_run:
         print(describe(plan))

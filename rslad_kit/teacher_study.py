@@ -171,17 +171,22 @@ def verdict(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(p: str = "classroom", *, out: str | Path = "results", seeds: int | None = None,
-        workers: int | None = None, progress: bool = True, dry_run: bool = False, **overrides: Any) -> Path:
+        workers: int | None = None, workers_per_gpu: int | None = None, progress: bool = True,
+        dry_run: bool = False, **overrides: Any) -> Path:
     """Train and evaluate the study of preset `p` (cached, resumable); writes `teacher_study.json` and
-    `summary.md` in its folder, which it returns. `figures.teacher_study` draws it."""
+    `summary.md` in its folder, which it returns. `figures.teacher_study` draws it. `workers_per_gpu`
+    runs that many tasks at once on every GPU, as for `reproduce`."""
     plan, lad = build_plan(p, out, seeds=seeds, **overrides)
+    gpus = 0
+    if workers_per_gpu is not None:
+        workers, gpus = reproduce.gpu_workers(plan, workers_per_gpu)
     workers = workers or reproduce.default_workers(plan)
     if dry_run:
         print(reproduce.describe(plan))
         print(reproduce.estimate_seconds(plan, workers))
         return plan.out
     with runs.lock(plan.out, "teacher study"):   # one writer per study folder, as for reproduce
-        reproduce.execute(plan, workers, progress)
+        reproduce.execute(plan, workers, progress, gpus)
         write(plan, lad)
     return plan.out
 

@@ -174,10 +174,17 @@ def test_workers_spread_over_the_gpus_round_robin(monkeypatch):
     assert seen == ["0", "1", "0", "1", "0"]
 
 
-def test_workers_per_gpu_without_a_gpu_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("command", ["reproduce", "teacher-study"])
+def test_workers_per_gpu_without_a_gpu_is_one_line(tmp_path, capsys, command):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    code = cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--workers-per-gpu", "2"])
+    code = cli.main([command, "--preset", "smoke", "--out", str(tmp_path), "--workers-per-gpu", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "--workers-per-gpu needs CUDA" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_workers_per_gpu_below_one_is_one_line(tmp_path, capsys):
+    code = cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--workers-per-gpu", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass a whole number >= 1" in err and not any(tmp_path.iterdir())
