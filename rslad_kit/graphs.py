@@ -55,7 +55,8 @@ class GraphCache:
 
     def __init__(self, model: nn.Module, warmup: int = 3) -> None:
         self.model, self.warmup = model, warmup
-        self.graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, dict[str, Tensor], Any]] = {}
+        # key -> (replay, static inputs, static outputs)
+        self.graphs: dict[Hashable, tuple[Callable[[], None], dict[str, Tensor], Any]] = {}
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -74,10 +75,10 @@ class GraphCache:
         before the warm-up and again before the capture."""
         if key not in self.graphs:
             self.graphs[key] = self._capture(fn, inputs, reset)
-        graph, static, out = self.graphs[key]
+        replay, static, out = self.graphs[key]
         for name, value in inputs.items():
             static[name].copy_(value)
-        graph.replay()
+        replay()
         return out
 
     def _capture(self, fn: Callable[..., Any], inputs: dict[str, Tensor], reset: Callable[[], None]):
@@ -100,7 +101,7 @@ class GraphCache:
             with torch.no_grad():   # train-mode warm-ups moved BatchNorm's running stats: put them back
                 for name, b in self.model.named_buffers():
                     b.copy_(buffers[name])
-        return graph, static, out
+        return graph.replay, static, out
 
 
 def signature(x: Tensor) -> tuple:

@@ -8,12 +8,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import Tensor
 
 from rslad_kit import UserError, cli, gpu, train
 from rslad_kit import attacks as atk
 from rslad_kit.config import AttackConfig, from_dict, preset, to_dict
 from rslad_kit.distributed import Context
-from rslad_kit.graphs import GraphedPGD
+from rslad_kit.graphs import GraphCache, GraphedPGD
 from rslad_kit.losses import METHODS
 from rslad_kit.models import build
 
@@ -79,6 +80,75 @@ def test_teacher_sees_the_clean_batch_once_per_step(method):
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
     train.train_step(student, teacher, optimizer, x, y, preset("smoke", method), num_classes=10)
     assert calls.count(True) == 1
+
+
+# --- the graphs' bookkeeping, on a CPU --------------------------------------------------------------
+# A CUDA graph replays its recorded kernels, overwriting its static outputs in place. `eager_capture`
+# stands in for graphs.GraphCache._capture with exactly that contract, by running the function again
+# at each replay and copying its results into the first run's outputs. It cannot check what only CUDA
+# can (no host sync inside a capture, the allocator); it does check which graph runs when, that the
+# gradients `.grad` points at after a replay are that replay's, and that the graphed step computes
+# what the eager one does.
+
+def _copy_into(out, new):
+    if isinstance(out, Tensor):
+        out.copy_(new)
+    elif isinstance(out, dict):
+        for k in out:
+            _copy_into(out[k], new[k])
+    else:
+        for a, b in zip(out, new):
+            _copy_into(a, b)
+
+
+def eager_capture(self, fn, inputs, reset):
+    static = {name: value.clone() for name, value in inputs.items()}
+    buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+    reset()
+    out = fn(**static)   # the outputs' memory, as a capture allocates it; BatchNorm's stats are put back
+    with torch.no_grad():
+        for name, b in self.model.named_buffers():
+            b.copy_(buffers[name])
+
+    def replay():   # writes the outputs in place and, like a real replay, leaves every `.grad` binding alone
+        bound = [(p, p.grad) for p in self.model.parameters()]
+        reset()
+        _copy_into(out, fn(**static))
+        for p, grad in bound:
+            p.grad = grad
+    return replay, static, out
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_graphed_step_bookkeeping_matches_eager_steps(method, monkeypatch):
+    monkeypatch.setattr(GraphCache, "_capture", eager_capture)
+    # no random start: a capture draws its random numbers in another order than the eager path
+    cfg = preset("smoke", method, teacher="t", attack={"random_start": "none"}, cuda_graphs="step")
+    teacher = _student("cpu").eval().requires_grad_(False) if METHODS[method].needs_teacher else None
+    eager, graphed = _student("cpu"), _student("cpu")
+    opt_eager, opt_graphed = (torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (eager, graphed))
+    _, graph = train.make_graphs(cfg, graphed, teacher, num_classes=10)
+    for seed, n, epoch in ((0, 32, 1), (1, 32, 1), (2, 7, 1), (3, 32, 1), (4, 32, 100), (5, 7, 100)):
+        x, y = batch(n, "cpu", seed)
+        a = train.train_step(eager, teacher, opt_eager, x, y, cfg, epoch=epoch, num_classes=10)
+        b = train.train_step(graphed, teacher, opt_graphed, x, y, cfg, epoch=epoch, num_classes=10, graph=graph)
+        assert a == b, (seed, epoch)
+    for (name, p), q in zip(eager.state_dict().items(), graphed.state_dict().values()):
+        assert torch.equal(p, q), name
+    # a full and a last batch per epoch; IAD reads the epoch, so its first epoch's graphs were freed
+    assert len(graph.graphs) == 2
+
+
+def test_graphed_attack_bookkeeping_matches_eager_pgd(monkeypatch):
+    monkeypatch.setattr(GraphCache, "_capture", eager_capture)
+    model = _student("cpu")
+    a = AttackConfig(eps=0.2, step_size=0.08, steps=5, random_start="none")
+    graphed = GraphedPGD(model, a, lambda x, y, t: atk.ce(y))
+    for seed, n in ((0, 32), (1, 32), (2, 7)):
+        x, y = batch(n, "cpu", seed)
+        eager = atk.pgd(model, x, atk.ce(y), eps=a.eps, step_size=a.step_size, steps=a.steps, random_start="none")
+        assert torch.equal(graphed(x, y, None), eager)
+    assert len(graphed.graphs) == 2 and model.training
 
 
 # --- on a GPU --------------------------------------------------------------------------------------
