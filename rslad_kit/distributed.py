@@ -36,6 +36,7 @@ class Context:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    joined: bool = False   # `setup` started the process group (so `leave` ends it)
 
     @property
     def is_main(self) -> bool:
@@ -56,13 +57,22 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Context(), device
-    ctx = Context(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return ctx, device
+    return Context(int(os.environ["RANK"]), world_size, local_rank, joined), device
+
+
+def leave(ctx: Context) -> None:
+    """End the process group `setup` started, once every rank has finished its work: a rank that
+    exits while another still talks to it can make the other fail."""
+    if ctx.joined:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, ctx: Context, device: torch.device) -> nn.Module:

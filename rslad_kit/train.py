@@ -468,6 +468,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
         if on_epoch is not None:
             on_epoch(history)
     bar.close()
+    dist_lib.leave(ctx)
     return history
 
 
