@@ -3,6 +3,7 @@
     python benchmarks/speed.py classroom --threads 1,2      # digits, cnn-w4 student, cnn-w16 teacher (CPU)
     OMP_NUM_THREADS=2 python benchmarks/speed.py large       # ResNet-18 + WRN-16-4, CIFAR-shaped (CPU)
     OMP_NUM_THREADS=1 python benchmarks/speed.py scaling     # epoch time vs PGD steps and vs dataset size
+    OMP_NUM_THREADS=1 python benchmarks/speed.py layout      # classroom epochs, NCHW vs channels-last
     python benchmarks/speed.py gpu                           # ResNet-18 + WRN-34-10 on a GPU (needs CUDA)
 
 Prints Markdown rows; docs/benchmarks.md keeps measured copies with the machine and commit. Both
@@ -16,6 +17,7 @@ import multiprocessing
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,9 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import official_loop
 from rslad_kit import data, gpu, models, reproduce
 from rslad_kit import plan as plan_lib
-from rslad_kit.config import TrainConfig, preset
+from rslad_kit.config import PRESETS, TrainConfig, preset
+from rslad_kit.losses import METHODS
 from rslad_kit.models import WideResNet
-from rslad_kit.train import train_step
+from rslad_kit.train import train, train_step
 
 CIFAR_TRAIN = 49_000   # CIFAR-10's training images less the 1,000 held out for validation
 
@@ -242,6 +245,37 @@ def part_scaling(args) -> None:
         print(f"| {n} | {seconds(cfg, data.Split(big.x[:n], big.y[:n])):.3f} |")
 
 
+def part_layout(args) -> None:
+    """Classroom training epochs (`train`, validation included) in NCHW and in channels-last, for every
+    method's cnn-w4 student and the plan's other models: why the classroom preset sets channels_last."""
+    ds = data.load("digits")
+    plan = PRESETS["classroom"].plan
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        teacher = out / "teacher"
+        train(preset("classroom", "trades", model=plan.teacher["model"], epochs=1), teacher, dataset=ds,
+              progress=False)
+        runs = {m: preset("classroom", m, epochs=args.epochs, teacher=str(teacher) if METHODS[m].needs_teacher
+                          else None) for m in METHODS}
+        for role in ("teacher", "natural_teacher", "surrogate"):
+            recipe = getattr(plan, role)
+            runs[f"{recipe['method']} {recipe['model']} ({role})"] = preset("classroom",
+                                                                            **(recipe | {"epochs": args.epochs}))
+        seconds: dict[tuple[str, bool], list[float]] = {}
+        for i in range(args.repeats):
+            for j, (name, cfg) in enumerate(runs.items()):
+                for channels_last in (False, True):
+                    start = time.perf_counter()
+                    train(replace(cfg, channels_last=channels_last), out / f"{i}-{j}-{channels_last}", dataset=ds,
+                          progress=False)
+                    seconds.setdefault((name, channels_last), []).append((time.perf_counter() - start) / cfg.epochs)
+    print(f"| training run ({args.epochs} epochs incl. validation, best of {args.repeats}) | s/epoch NCHW "
+          "| s/epoch channels_last | speed-up |\n|---|---|---|---|")
+    for name in runs:
+        nchw, last = min(seconds[(name, False)]), min(seconds[(name, True)])
+        print(f"| {name} | {nchw:.3f} | {last:.3f} | {nchw / last:.2f} |")
+
+
 def _gpu_worker(batches: int, settings: dict, queue) -> None:
     torch.cuda.init()
     cfg = replace(preset("cifar10", "rslad", teacher="x"), **settings)
@@ -314,10 +348,11 @@ def part_gpu(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("classroom", "large", "scaling", "gpu"))
+    parser.add_argument("part", choices=("classroom", "large", "scaling", "layout", "gpu"))
     parser.add_argument("--repeats", type=int, default=2, help="each loop this often; the best run counts")
     parser.add_argument("--batches", type=int, default=2, help="timed batches (large, gpu)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (large)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (layout)")
     parser.add_argument("--loader-workers", type=int, default=2, help="the official DataLoader's workers (classroom)")
     parser.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2],
                         help="torch threads for both loops, one table row group each (classroom; default 1,2)")
@@ -327,7 +362,9 @@ def main() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", gpu.CUBLAS_WORKSPACE)
     threads = "T in each row" if args.part == "classroom" else str(torch.get_num_threads())
     print(machine(threads) + "\n")
-    {"classroom": part_classroom, "large": part_large, "scaling": part_scaling, "gpu": part_gpu}[args.part](args)
+    parts = {"classroom": part_classroom, "large": part_large, "scaling": part_scaling, "layout": part_layout,
+             "gpu": part_gpu}
+    parts[args.part](args)
 
 
 if __name__ == "__main__":

@@ -161,8 +161,9 @@ _CIFAR100_RECIPES = _CIFAR10_RECIPES | {
 # only 400 SGD steps the official x0.1 factors act as a 10x smaller learning rate, and RSLAD and ARD
 # students stall below 10% PGD accuracy. Training attacks are PGD-5 with step eps/2.5: as robust as
 # PGD-10 in the study, and what lets the 3-seed plan fit a 15-minute demo. Channels-last: the same
-# computation, 1.1-1.4x faster epochs on a CPU (mkldnn's pooling and the wider models' convolutions are
-# faster in it; docs/benchmarks.md), and smoke inherits it, so the tests train as the classroom does.
+# computation, in epochs up to 1.4x faster on a CPU and never slower (mkldnn's pooling and the wider
+# models' convolutions are faster in it; `benchmarks/speed.py layout`, docs/benchmarks.md); smoke
+# inherits it, so the tests train as the classroom does.
 _CLASSROOM = TrainConfig(
     dataset="digits", model="cnn-w4", epochs=40, batch_size=128, lr=0.1, milestones=(30, 36),
     weight_decay=5e-4, attack=AttackConfig(eps=0.2, step_size=0.08, steps=5), select_by="pgd_trades",
