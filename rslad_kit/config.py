@@ -70,8 +70,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"               # "auto": CUDA when available, else CPU
     bf16: bool = False                 # GPU option: bfloat16 autocast for forwards
-    channels_last: bool = False        # channels-last memory format (student and teacher): faster convolutions
-                                       # with bf16 on a GPU, and with mkldnn on a CPU (the classroom preset)
+    channels_last: bool = False        # channels-last memory format (student and teacher): faster with bf16
+                                       # on a GPU, and on a CPU for the classroom models (the classroom preset)
     deterministic: bool = False        # deterministic kernels (cuDNN, cuBLAS): bitwise resume on a GPU too,
                                        # at some speed; a CPU run is bitwise reproducible either way
     cuda_graphs: bool = False          # GPU option: replay the PGD attack as CUDA graphs (rslad_kit/graphs.py);
@@ -161,9 +161,9 @@ _CIFAR100_RECIPES = _CIFAR10_RECIPES | {
 # only 400 SGD steps the official x0.1 factors act as a 10x smaller learning rate, and RSLAD and ARD
 # students stall below 10% PGD accuracy. Training attacks are PGD-5 with step eps/2.5: as robust as
 # PGD-10 in the study, and what lets the 3-seed plan fit a 15-minute demo. Channels-last: the same
-# computation, in epochs up to 1.4x faster on a CPU and never slower (mkldnn's pooling and the wider
-# models' convolutions are faster in it; `benchmarks/speed.py layout`, docs/benchmarks.md); smoke
-# inherits it, so the tests train as the classroom does.
+# computation, in epochs up to 1.4x faster on a CPU and never slower (max-pooling is 5-15x faster in it
+# there; `benchmarks/speed.py layout`, docs/benchmarks.md); smoke inherits it, so the tests train as
+# the classroom does.
 _CLASSROOM = TrainConfig(
     dataset="digits", model="cnn-w4", epochs=40, batch_size=128, lr=0.1, milestones=(30, 36),
     weight_decay=5e-4, attack=AttackConfig(eps=0.2, step_size=0.08, steps=5), select_by="pgd_trades",
