@@ -161,7 +161,7 @@ _CIFAR100_RECIPES = _CIFAR10_RECIPES | {
 # only 400 SGD steps the official x0.1 factors act as a 10x smaller learning rate, and RSLAD and ARD
 # students stall below 10% PGD accuracy. Training attacks are PGD-5 with step eps/2.5: as robust as
 # PGD-10 in the study, and what lets the 3-seed plan fit a 15-minute demo. Channels-last: the same
-# computation, in epochs up to 1.4x faster on a CPU and never slower (max-pooling is 5-15x faster in it
+# computation, in epochs up to 1.4x faster on a CPU and never slower (max-pooling 8+ channels is 4-16x faster
 # there; `benchmarks/speed.py layout`, docs/benchmarks.md); smoke inherits it, so the tests train as
 # the classroom does.
 _CLASSROOM = TrainConfig(
