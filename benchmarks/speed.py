@@ -1,8 +1,9 @@
 """The kit's RSLAD step against the official loop's structure (benchmarks/official_loop.py), in one run.
 
-    OMP_NUM_THREADS=1 python benchmarks/speed.py classroom   # digits, cnn-w4 student, cnn-w16 teacher (CPU)
+    python benchmarks/speed.py classroom --threads 1,2      # digits, cnn-w4 student, cnn-w16 teacher (CPU)
     OMP_NUM_THREADS=2 python benchmarks/speed.py large       # ResNet-18 + WRN-16-4, CIFAR-shaped (CPU)
     OMP_NUM_THREADS=1 python benchmarks/speed.py scaling     # epoch time vs PGD steps and vs dataset size
+    OMP_NUM_THREADS=1 python benchmarks/speed.py layout      # classroom epochs, NCHW vs channels-last
     python benchmarks/speed.py gpu                           # ResNet-18 + WRN-34-10 on a GPU (needs CUDA)
 
 Prints Markdown rows; docs/benchmarks.md keeps measured copies with the machine and commit. Both
@@ -16,6 +17,7 @@ import multiprocessing
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,19 +29,20 @@ from torch.utils.flop_counter import FlopCounterMode
 import official_loop
 from rslad_kit import data, gpu, models, reproduce
 from rslad_kit import plan as plan_lib
-from rslad_kit.config import TrainConfig, preset
+from rslad_kit.config import PRESETS, TrainConfig, preset
+from rslad_kit.losses import METHODS
 from rslad_kit.models import WideResNet
-from rslad_kit.train import make_graphs, train_step
+from rslad_kit.train import make_graphs, train, train_step
 
 CIFAR_TRAIN = 49_000   # CIFAR-10's training images less the 1,000 held out for validation
 
 
-def machine() -> str:
+def machine(threads: str) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
     return (f"machine: {device}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} thread(s), commit {commit}")
+            f"torch threads: {threads}, commit {commit}")
 
 
 def _cpu_name() -> str:
@@ -123,30 +126,45 @@ def wrn_16_4(in_channels=3):
 # --- parts -----------------------------------------------------------------------------------------
 
 def part_classroom(args) -> None:
-    """The classroom models on a CPU: one full epoch of the digits, each loop twice."""
+    """The classroom models on a CPU: one full digits epoch per loop, at each thread count in --threads.
+
+    Both loops get the same torch thread count T per table. The kit is one process (its loader runs in
+    it). The official structure is a main process with T threads plus its DataLoader's worker processes
+    (1 thread each: PIL crop, flip, ToTensor), so with workers it uses more than T cores; its row with 0
+    workers loads in the main process and uses exactly T. Ratios are against the faster official row.
+    """
     ds = data.load("digits")
     cfg = preset("classroom", "rslad", teacher="x")
     images, labels = as_uint8(ds.train)
     n_batches = len(ds.train) // cfg.batch_size - 1
-    print("| loop (classroom: cnn-w4 student, cnn-w16 teacher, digits, PGD-5, batch 128) | images/s | ratio |")
-    print("|---|---|---|")
-    rows = {}
-    for rep in range(args.repeats):
-        rows.setdefault("official", []).append(official_images_per_s(
-            fresh("cnn-w4", in_channels=1), fresh("cnn-w16", in_channels=1).eval(), images, labels, cfg,
-            n_batches, ds.crop_padding, args.loader_workers, "cpu"))
-        for name, variant in (("kit", cfg), ("kit, channels_last", replace(cfg, channels_last=True))):
-            rows.setdefault(name, []).append(kit_images_per_s(
-                fresh("cnn-w4", in_channels=1), fresh("cnn-w16", in_channels=1).eval().requires_grad_(False),
-                ds.train, variant, n_batches, ds.crop_padding))
-    _print_rows(rows, f"official structure (PIL loader, {args.loader_workers} workers, DataParallel)")
-
-
-def _print_rows(rows: dict[str, list[float]], official_label: str) -> None:
-    base = max(rows["official"])
-    for name, values in rows.items():
-        label = official_label if name == "official" else name
-        print(f"| {label} | {max(values):,.0f} | {max(values) / base:.2f} |")
+    workers = args.loader_workers
+    print(f"Core budget: the kit is one process with T torch threads. The official structure is a main process "
+          f"with T torch threads plus {workers} DataLoader worker processes (1 thread each), or the main "
+          f"process alone (0 workers, exactly T threads). Ratios: against the faster official row at the same "
+          f"T, and against the official row on exactly T threads. Each row is the best of {args.repeats} "
+          f"epochs, the loops interleaved.\n")
+    print("| T | loop (classroom: cnn-w4 student, cnn-w16 teacher, digits, PGD-5, batch 128) | images/s "
+          "| ratio to the faster official | ratio to the official on T threads |")
+    print("|---|---|---|---|---|")
+    same_cores = "official structure (PIL loader in the main process, DataParallel)"
+    official_rows = {f"official structure (PIL loader, {workers} workers, DataParallel)": workers, same_cores: 0}
+    kit_rows = {f"kit, classroom preset (channels_last={cfg.channels_last})": cfg,
+                f"kit, channels_last={not cfg.channels_last}": replace(cfg, channels_last=not cfg.channels_last)}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rows: dict[str, list[float]] = {}
+        for _ in range(args.repeats):
+            for name, n_workers in official_rows.items():
+                rows.setdefault(name, []).append(official_images_per_s(
+                    fresh("cnn-w4", in_channels=1), fresh("cnn-w16", in_channels=1).eval(), images, labels, cfg,
+                    n_batches, ds.crop_padding, n_workers, "cpu"))
+            for name, variant in kit_rows.items():
+                rows.setdefault(name, []).append(kit_images_per_s(
+                    fresh("cnn-w4", in_channels=1), fresh("cnn-w16", in_channels=1).eval().requires_grad_(False),
+                    ds.train, variant, n_batches, ds.crop_padding))
+        base, same = max(max(rows[name]) for name in official_rows), max(rows[same_cores])
+        for name, values in rows.items():
+            print(f"| {threads} | {name} | {max(values):,.0f} | {max(values) / base:.2f} | {max(values) / same:.2f} |")
 
 
 def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
@@ -219,6 +237,37 @@ def part_scaling(args) -> None:
     big = data.Split(ds.train.x.repeat(4, 1, 1, 1), ds.train.y.repeat(4))
     for n in (800, 1600, 3200, 6400):
         print(f"| {n} | {seconds(cfg, data.Split(big.x[:n], big.y[:n])):.3f} |")
+
+
+def part_layout(args) -> None:
+    """Classroom training epochs (`train`, validation included) in NCHW and in channels-last, for every
+    method's cnn-w4 student and the plan's other models: why the classroom preset sets channels_last."""
+    ds = data.load("digits")
+    plan = PRESETS["classroom"].plan
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        teacher = out / "teacher"
+        train(preset("classroom", "trades", model=plan.teacher["model"], epochs=1), teacher, dataset=ds,
+              progress=False)
+        runs = {m: preset("classroom", m, epochs=args.epochs, teacher=str(teacher) if METHODS[m].needs_teacher
+                          else None) for m in METHODS}
+        for role in ("teacher", "natural_teacher", "surrogate"):
+            recipe = getattr(plan, role)
+            runs[f"{recipe['method']} {recipe['model']} ({role})"] = preset("classroom",
+                                                                            **(recipe | {"epochs": args.epochs}))
+        seconds: dict[tuple[str, bool], list[float]] = {}
+        for i in range(args.repeats):
+            for j, (name, cfg) in enumerate(runs.items()):
+                for channels_last in (False, True):
+                    start = time.perf_counter()
+                    train(replace(cfg, channels_last=channels_last), out / f"{i}-{j}-{channels_last}", dataset=ds,
+                          progress=False)
+                    seconds.setdefault((name, channels_last), []).append((time.perf_counter() - start) / cfg.epochs)
+    print(f"| training run ({args.epochs} epochs incl. validation, best of {args.repeats}) | s/epoch NCHW "
+          "| s/epoch channels_last | speed-up |\n|---|---|---|---|")
+    for name in runs:
+        nchw, last = min(seconds[(name, False)]), min(seconds[(name, True)])
+        print(f"| {name} | {nchw:.3f} | {last:.3f} | {nchw / last:.2f} |")
 
 
 def _gpu_worker(batches: int, settings: dict, queue) -> None:
@@ -295,17 +344,23 @@ def part_gpu(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("classroom", "large", "scaling", "gpu"))
+    parser.add_argument("part", choices=("classroom", "large", "scaling", "layout", "gpu"))
     parser.add_argument("--repeats", type=int, default=2, help="each loop this often; the best run counts")
     parser.add_argument("--batches", type=int, default=2, help="timed batches (large, gpu)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (large)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (layout)")
     parser.add_argument("--loader-workers", type=int, default=2, help="the official DataLoader's workers (classroom)")
+    parser.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2],
+                        help="torch threads for both loops, one table row group each (classroom; default 1,2)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # the deterministic GPU variant needs this before CUDA starts (it fixes cuBLAS's workspace for all)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", gpu.CUBLAS_WORKSPACE)
-    print(machine() + "\n")
-    {"classroom": part_classroom, "large": part_large, "scaling": part_scaling, "gpu": part_gpu}[args.part](args)
+    threads = "T in each row" if args.part == "classroom" else str(torch.get_num_threads())
+    print(machine(threads) + "\n")
+    parts = {"classroom": part_classroom, "large": part_large, "scaling": part_scaling, "layout": part_layout,
+             "gpu": part_gpu}
+    parts[args.part](args)
 
 
 if __name__ == "__main__":
