@@ -3,6 +3,7 @@
     python benchmarks/speed.py classroom --threads 1,2      # digits, cnn-w4 student, cnn-w16 teacher (CPU)
     OMP_NUM_THREADS=2 python benchmarks/speed.py large       # ResNet-18 + WRN-16-4, CIFAR-shaped (CPU)
     OMP_NUM_THREADS=1 python benchmarks/speed.py scaling     # epoch time vs PGD steps and vs dataset size
+    OMP_NUM_THREADS=1 python benchmarks/speed.py memory      # peak CPU memory of a step vs batch size
     OMP_NUM_THREADS=1 python benchmarks/speed.py layout      # classroom epochs, NCHW vs channels-last
     python benchmarks/speed.py gpu                           # ResNet-18 + WRN-34-10 on a GPU (needs CUDA)
 
@@ -16,6 +17,7 @@ import argparse
 import multiprocessing
 import os
 import platform
+import resource
 import subprocess
 import tempfile
 import time
@@ -239,6 +241,32 @@ def part_scaling(args) -> None:
         print(f"| {n} | {seconds(cfg, data.Split(big.x[:n], big.y[:n])):.3f} |")
 
 
+def _peak_memory_worker(batch: int, steps: int, queue) -> None:
+    """One RSLAD step (ResNet-18 + WRN-16-4) at `batch`, in a fresh process: the growth of its peak RSS
+    over the RSS it had once models and data were built."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cfg = preset("cifar10", "rslad", teacher="x", batch_size=batch)
+    cfg = replace(cfg, attack=replace(cfg.attack, steps=steps))
+    split = synthetic_cifar(batch * 2)
+    student, teacher = fresh("resnet18"), fresh(wrn_16_4()).eval().requires_grad_(False)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kit_images_per_s(student, teacher, split, cfg, 1, 4, warmup=0)
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20)   # KiB -> GiB
+
+
+def part_memory(args) -> None:
+    """Peak CPU memory of the kit's step against batch size (the GPU rows are in `gpu`)."""
+    context = multiprocessing.get_context("spawn")
+    print("| batch size | peak memory growth of one step (GiB), ResNet-18 + WRN-16-4, PGD-2 |\n|---|---|")
+    for batch in (16, 32, 64, 128, 256):
+        queue = context.Queue()
+        proc = context.Process(target=_peak_memory_worker, args=(batch, 2, queue))
+        proc.start()
+        growth = queue.get()
+        proc.join()
+        print(f"| {batch} | {growth:.2f} |")
+
+
 def part_layout(args) -> None:
     """Classroom training epochs (`train`, validation included) in NCHW and in channels-last, for every
     method's cnn-w4 student and the plan's other models: why the classroom preset sets channels_last."""
@@ -344,7 +372,7 @@ def part_gpu(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("classroom", "large", "scaling", "layout", "gpu"))
+    parser.add_argument("part", choices=("classroom", "large", "scaling", "memory", "layout", "gpu"))
     parser.add_argument("--repeats", type=int, default=2, help="each loop this often; the best run counts")
     parser.add_argument("--batches", type=int, default=2, help="timed batches (large, gpu)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (large)")
@@ -358,8 +386,8 @@ def main() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", gpu.CUBLAS_WORKSPACE)
     threads = "T in each row" if args.part == "classroom" else str(torch.get_num_threads())
     print(machine(threads) + "\n")
-    parts = {"classroom": part_classroom, "large": part_large, "scaling": part_scaling, "layout": part_layout,
-             "gpu": part_gpu}
+    parts = {"classroom": part_classroom, "large": part_large, "scaling": part_scaling, "memory": part_memory,
+             "layout": part_layout, "gpu": part_gpu}
     parts[args.part](args)
 
 
