@@ -16,8 +16,10 @@ demo: $(STAMP)
 
 # The notebooks in order (notebooks/README.md). Installs nothing beyond `make demo`; two threads
 # for the one kernel a student runs at a time.
+# Jupyter refuses to start as root (containers, lab VMs) without --allow-root.
 lab: $(STAMP)
-	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/jupyter lab --notebook-dir=notebooks
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/jupyter lab --notebook-dir=notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile
