@@ -76,8 +76,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.surrogate:
         surrogate = train.load_model(args.surrogate, arch=args.surrogate_model, num_classes=ds.num_classes,
                                      in_channels=ds.in_channels).to(device)
+    state = None
+    if args.json and "autoattack" in attacks:   # AutoAttack's progress, beside the results: a rerun resumes
+        state = Path(args.json).with_name(f".{Path(args.json).name}.autoattack-"
+                                          f"{runs.sha256(args.checkpoint)[:12]}-eps{args.eps:.6g}.pt")
+        state.parent.mkdir(parents=True, exist_ok=True)
     row = evaluate.evaluate(model, ds.test.to(device), attacks, eps=args.eps, n=args.n,
-                            batch_size=args.batch_size, surrogate=surrogate)
+                            batch_size=args.batch_size, surrogate=surrogate, autoattack_state=state)
     _print_row(row, attacks)
     row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset,
             "checkpoint_sha256": runs.sha256(args.checkpoint), "seed": 0,
@@ -89,6 +94,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         runs.write_text(Path(args.json), json.dumps(row, indent=2))
+        if state is not None:
+            state.unlink(missing_ok=True)
         print(f"wrote {args.json}")
 
 
@@ -162,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--surrogate-model", help="architecture of a bare surrogate state dict")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--offline", action="store_true", help="never download data")
-    ev.add_argument("--json", help="write the results row here")
+    ev.add_argument("--json", help="write the results row here (AutoAttack then keeps its progress beside it, "
+                                   "so an interrupted evaluation resumes when rerun)")
     ev.set_defaults(func=cmd_evaluate)
 
     tr = sub.add_parser("train", help="train one student (or teacher) with one method")

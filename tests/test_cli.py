@@ -35,6 +35,29 @@ def test_evaluate_prints_the_table_and_writes_json(checkpoint, tmp_path):
     assert row["n"] == 50 and row["pgd_trades"] <= row["clean"] and row["model"] == "cnn-w4"
 
 
+def test_evaluate_keeps_autoattack_progress_beside_its_json_and_clears_it_when_done(checkpoint, tmp_path,
+                                                                                   monkeypatch):
+    """The state file is per checkpoint and eps; evaluate.evaluate resumes from it (test_reliability
+    kills an AutoAttack run and resumes it)."""
+    from rslad_kit import cli as cli_lib
+    from rslad_kit import evaluate
+
+    seen = []
+
+    def fake_evaluate(model, data, attacks, *, autoattack_state=None, **kwargs):
+        seen.append(autoattack_state)
+        autoattack_state.write_bytes(b"progress")
+        return {"n": 8, "eps": kwargs["eps"], "seconds": {}, **{a: 50.0 for a in attacks}}
+
+    monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+    args = ["--threads", "1", "evaluate", "--model", "cnn-w4", "--checkpoint", str(checkpoint), "--dataset",
+            "digits", "--eps", "0.2", "--attacks", "clean,autoattack", "--n", "8", "--json", str(tmp_path / "r.json")]
+    assert cli_lib.main(args) == 0
+    state = seen[0]
+    assert state.parent == tmp_path and state.name.startswith(".r.json.autoattack-") and "eps0.2" in state.name
+    assert not state.exists() and (tmp_path / "r.json").is_file()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--attacks", "clean,pgd50"], "unknown attack 'pgd50'"),
     (["--eps", "8"], "eps must lie in (0, 1]"),
