@@ -125,8 +125,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from rslad_kit import sweep
 
-    folder = sweep.run(args.preset, out=args.out, study=args.study, kind=args.executor, seeds=args.seeds, full=args.full,
-                       timeout_min=args.timeout_min, partition=args.partition, gpus=args.gpus_per_job,
+    folder = sweep.run(args.preset, out=args.out, study=args.study, kind=args.executor, seeds=args.seeds,
+                       full=args.full, timeout_min=args.timeout_min, partition=args.partition, gpus=args.gpus_per_job,
                        parallel=args.parallel, threads=args.threads_per_job, data_root=args.data_root,
                        device=args.device)
     print(f"results in {folder}")

@@ -127,8 +127,8 @@ def loss_terms(
 
     Leaves the student in train mode, as the outer minimisation runs. `student` may be wrapped in
     DistributedDataParallel: the attack runs on the module inside it. `attack(x, y, t_nat)` replaces
-    the eager attack (graphs.GraphedPGD or graphs.capturable_attack, built by `train`). Taught in notebooks/03_table1_losses.ipynb,
-    which prints these terms for every row of Table 1.
+    the eager attack (graphs.GraphedPGD or graphs.capturable_attack, built by `make_graphs`). Taught
+    in notebooks/03_table1_losses.ipynb, which prints these terms for every row of Table 1.
     """
     method = METHODS[cfg.method]
     objective = cfg.objective or method.attack
