@@ -107,7 +107,7 @@ class PlanConfig:
     seeds: int = 1                      # the paper reports single runs
     tables: tuple[int, ...] = (2, 3, 5, 6, 7)
     # A CPU budget (None / both checkpoints: no cuts; `reproduce --full` lifts it). On a CPU,
-    # AutoAttack and Square cost a fixed ~24 s and ~13 s a checkpoint whatever the model.
+    # AutoAttack and Square cost a fixed ~15-25 s and ~8-13 s a checkpoint whatever the model.
     ablation_seeds: int | None = None     # the Table 6 variants on the first k seeds
     soft_label_seeds: int | None = None   # the Table 7 variants (SSL, NSL) on the first k seeds
     slow_attack_seeds: int | None = None  # AutoAttack and Square on the first k seeds ...

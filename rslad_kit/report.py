@@ -320,7 +320,7 @@ def write(plan: Plan, seconds: float | None = None) -> list[Path]:
         budget.append(f"the Table 7 variants trained on the first {pc.soft_label_seeds} seed(s)")
     if budget:
         lines += ["CPU budget of this preset: " + "; ".join(budget) + ". On a CPU, AutoAttack and Square cost a "
-                  "fixed ~24 s and ~13 s per checkpoint whatever the model. Every other number uses every seed. "
+                  "fixed ~15-25 s and ~8-13 s per checkpoint whatever the model. Every other number uses every seed. "
                   f"`rslad-kit reproduce --preset {plan.preset} --full` lifts these cuts.", ""]
     if plan.plan.autoattack or plan.plan.square_queries != 5000:
         lines += [f"Reduced query attacks (a smoke setting, not the standard evaluation): AutoAttack = "

@@ -443,7 +443,7 @@ def estimate_seconds(plan: Plan, workers: int) -> str:
     return (f"estimated training: {core_seconds / 60:.1f} min of one core, so about "
             f"{core_seconds / 60 / workers:.1f} min on {workers} worker(s) if they do not slow each other "
             f"(two processes on a 2-core CPU each run about 1.4x slower). Evaluation adds {slow['autoattack']} "
-            f"AutoAttack and {slow['square']} Square runs; on a CPU each costs about 24 s and 13 s for a "
+            f"AutoAttack and {slow['square']} Square runs; on a CPU each costs about 15-25 s and 8-13 s for a "
             "small model (benchmarks/README.md), more for large ones.")
 
 

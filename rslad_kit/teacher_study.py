@@ -40,7 +40,7 @@ class Ladder:
 # Classroom and smoke: TRADES teachers from the student's own width upwards (the same width is the
 # paper's "robust underfitting" case), sized from the preset's student so the ladder follows it. The
 # classroom's 4 teachers x 3 seeds + 3 SAT baselines fit in about 10 minutes on 2 cores; AutoAttack
-# (~24 s a checkpoint on a CPU) would double that, so robustness is PGD_TRADES there.
+# (~15-25 s a checkpoint on a CPU) would double that, so robustness is PGD_TRADES there.
 WIDTH_STEPS = {"classroom": (1, 2, 4, 8), "smoke": (1, 2)}
 _CLASSROOM_LIKE = {"classroom": ("pgd_trades", 3), "smoke": ("pgd_trades", 1)}
 # CIFAR-10: the paper's six teachers, the first four trained with TRADES by the kit.
