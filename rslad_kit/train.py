@@ -262,7 +262,8 @@ def needs_teacher(cfg: TrainConfig) -> bool:
 
 def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
                in_channels: int = 3) -> nn.Module:
-    """A model from a kit checkpoint (its architecture is recorded inside) or a bare state dict + `arch`."""
+    """A model from a kit checkpoint (its architecture, and the memory layout it trained in, are recorded
+    inside) or a bare state dict + `arch`."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
@@ -272,6 +273,8 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if meta is not None:
         model = models.build(meta["config"]["model"], meta["num_classes"], in_channels=meta["in_channels"])
+        if meta["config"].get("channels_last"):   # the same numbers, faster on a CPU (docs/benchmarks.md)
+            model = model.to(memory_format=torch.channels_last)
     elif arch is not None and num_classes is not None:
         model = models.build(arch, num_classes, in_channels=in_channels)
     else:
