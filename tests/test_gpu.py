@@ -69,17 +69,24 @@ def test_mps_note_is_one_line():
     assert "\n" not in note and "MPS" in note
 
 
+@pytest.mark.parametrize("graphs", ["off", "step"])
 @pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].needs_teacher])
-def test_teacher_sees_the_clean_batch_once_per_step(method):
-    """The soft labels on the clean batch are shared by the attack and the loss."""
+def test_teacher_sees_the_clean_batch_once_per_step(method, graphs, monkeypatch):
+    """The soft labels on the clean batch are shared by the attack and the loss, on the eager path and
+    in a graphed step (its capture, stood in for on a CPU, is the first step's; the second is counted)."""
+    monkeypatch.setattr(GraphCache, "_capture", eager_capture)
     x, y = batch()
     calls = []
     teacher = build("cnn-w4", 10, in_channels=1).eval().requires_grad_(False)
     teacher.register_forward_hook(lambda m, inputs, out: calls.append(torch.equal(inputs[0], x)))
     student = build("cnn-w4", 10, in_channels=1)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
-    train.train_step(student, teacher, optimizer, x, y, preset("smoke", method), num_classes=10)
-    assert calls.count(True) == 1
+    cfg = preset("smoke", method, teacher="t", cuda_graphs=graphs)
+    _, graph = train.make_graphs(cfg, student, teacher, num_classes=10)
+    for step in range(2):
+        calls.clear()
+        train.train_step(student, teacher, optimizer, x, y, cfg, num_classes=10, graph=graph)
+    assert calls.count(True) == 1   # (IAD also reads the teacher on x_adv)
 
 
 # --- the graphs' bookkeeping, on a CPU --------------------------------------------------------------
