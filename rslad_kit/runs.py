@@ -4,7 +4,7 @@ Everything that writes results goes through here, so a kill at any moment leaves
 or the new one, never half of one; every result can say what produced it (code, data, checkpoint);
 and two processes never write one folder at once.
 
-Taught in notebooks/03_training.ipynb (run folders and resume).
+Taught in notebooks/04_training.ipynb (run folders and resume).
 """
 
 from __future__ import annotations
