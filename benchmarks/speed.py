@@ -59,8 +59,9 @@ def _cpu_name() -> str:
 # --- the two loops ---------------------------------------------------------------------------------
 
 def kit_images_per_s(student, teacher, split: data.Split, cfg: TrainConfig, batches: int, padding: int,
-                     warmup: int = 1) -> float:
-    """The kit's loop (TensorLoader + train_step), timed over `batches` after `warmup` batches."""
+                     warmup: int = 1, ready=lambda: None) -> float:
+    """The kit's loop (TensorLoader + train_step), timed over `batches` after `warmup` batches;
+    `ready()` is called just before the timed window (workers line their windows up with it)."""
     if cfg.channels_last:
         student, teacher = (m.to(memory_format=torch.channels_last) for m in (student, teacher))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
@@ -70,6 +71,7 @@ def kit_images_per_s(student, teacher, split: data.Split, cfg: TrainConfig, batc
     for i, (x, y) in enumerate(loader.epoch(1)):
         if i == warmup:
             _sync()
+            ready()
             start, seen = time.perf_counter(), 0
         if i >= warmup + batches:
             break
@@ -298,13 +300,15 @@ def part_layout(args) -> None:
         print(f"| {name} | {nchw:.3f} | {last:.3f} | {nchw / last:.2f} |")
 
 
-def _gpu_worker(batches: int, settings: dict, queue) -> None:
+def _gpu_worker(batches: int, settings: dict, barrier, queue) -> None:
+    """One of several processes on the GPU; all start their timed windows together (`barrier`), so the
+    rates they report overlap in time and add up to the GPU's total."""
     torch.cuda.init()
     cfg = replace(preset("cifar10", "rslad", teacher="x"), **settings)
     split = synthetic_cifar(cfg.batch_size * (batches + 4)).to("cuda")
     queue.put(kit_images_per_s(fresh("resnet18", device="cuda"),
                                fresh("wrn-34-10", device="cuda").eval().requires_grad_(False),
-                               split, cfg, batches, 4, warmup=3))
+                               split, cfg, batches, 4, warmup=3, ready=barrier.wait))
 
 
 def part_gpu(args) -> None:
@@ -345,8 +349,10 @@ def part_gpu(args) -> None:
     print(f"\n| {best}: workers on this GPU | total images/s |\n|---|---|")
     context = multiprocessing.get_context("spawn")
     for n in (1, 2, 4):
-        queue = context.Queue()
-        procs = [context.Process(target=_gpu_worker, args=(args.batches, variants[best], queue)) for _ in range(n)]
+        queue, barrier = context.Queue(), context.Barrier(n)
+        # 20+ batches each: a window long enough that start-up stagger does not decide the total
+        procs = [context.Process(target=_gpu_worker, args=(max(args.batches, 20), variants[best], barrier, queue))
+                 for _ in range(n)]
         for p in procs:
             p.start()
         total = sum(queue.get() for _ in procs)

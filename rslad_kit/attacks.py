@@ -90,6 +90,14 @@ def _random_start(x: Tensor, eps: float, kind: RandomStart) -> Tensor:
     raise UserError(f"unknown random_start {kind!r}; use 'uniform', 'normal' or 'none'")
 
 
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Random draws from `seed` inside; the caller's random state (CPU, and `device` if CUDA) after."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -100,36 +108,33 @@ def pgd(
     steps: int,
     random_start: RandomStart = "uniform",
     bn_mode: BNMode = "eval",
+    check: bool = True,
 ) -> Tensor:
     """L-infinity PGD: `steps` signed-gradient ascent steps on `objective(model(x_adv)).sum()`.
 
     `bn_mode="train"` runs the attack's forwards in train mode, as the official ARD and IAD code do
     (batch statistics, and BatchNorm running stats move); the default is eval mode (RSLAD, TRADES, MART).
-    As in the official code the random start is not clipped before the first step.
+    As in the official code the random start is not clipped before the first step. `check=False` skips
+    the input check, which reads values back to the host: a CUDA graph cannot capture it
+    (rslad_kit/graphs.py checks before each replay instead).
     """
     check_eps(eps)
-    check_images(x)
+    if check:
+        check_images(x)
     was_training = model.training
     model.train(bn_mode == "train")
     try:
-        return pgd_steps(model, x, objective, eps=eps, step_size=step_size, steps=steps, random_start=random_start)
+        x = x.detach()
+        x_adv = x + _random_start(x, eps, random_start)
+        with torch.enable_grad():
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                loss = objective(model(x_adv)).sum()
+                (grad,) = torch.autograd.grad(loss, x_adv)
+                x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
+        return _project(x_adv.detach(), x, eps)
     finally:
         model.train(was_training)
-
-
-def pgd_steps(model: nn.Module, x: Tensor, objective: Objective, *, eps: float, step_size: float, steps: int,
-              random_start: RandomStart) -> Tensor:
-    """PGD's loop alone, in the model's current mode and without the input check: only tensor ops, with
-    no sync with the host, so it can be captured in a CUDA graph (rslad_kit/graphs.py)."""
-    x = x.detach()
-    x_adv = x + _random_start(x, eps, random_start)
-    with torch.enable_grad():
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = objective(model(x_adv)).sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
-    return _project(x_adv.detach(), x, eps)
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float) -> Tensor:

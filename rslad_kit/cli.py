@@ -76,16 +76,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.surrogate:
         surrogate = train.load_model(args.surrogate, arch=args.surrogate_model, num_classes=ds.num_classes,
                                      in_channels=ds.in_channels).to(device)
+    checkpoint_sha256 = runs.sha256(args.checkpoint)
     state = None
     if args.json and "autoattack" in attacks:   # AutoAttack's progress, beside the results: a rerun resumes
         state = Path(args.json).with_name(f".{Path(args.json).name}.autoattack-"
-                                          f"{runs.sha256(args.checkpoint)[:12]}-eps{args.eps:.6g}.pt")
+                                          f"{checkpoint_sha256[:12]}-eps{args.eps:.6g}.pt")
         state.parent.mkdir(parents=True, exist_ok=True)
     row = evaluate.evaluate(model, ds.test.to(device), attacks, eps=args.eps, n=args.n,
                             batch_size=args.batch_size, surrogate=surrogate, autoattack_state=state)
     _print_row(row, attacks)
     row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset,
-            "checkpoint_sha256": runs.sha256(args.checkpoint), "seed": 0,
+            "checkpoint_sha256": checkpoint_sha256, "seed": 0,
             "config": {k: v for k, v in vars(args).items() if k != "func"},
             "data_sha256": runs.data_checksum(ds.test.take(args.n)), **runs.provenance(device)}
     if args.surrogate:

@@ -286,8 +286,7 @@ def _check_type(owner: type, name: str, value: Any, current: Any, prefix: str = 
     """A one-line error for `--set epochs=ten`, before the value reaches arithmetic far away."""
     hint = typing.get_type_hints(owner)[name]
     if not _fits(value, hint):
-        example = json.dumps(to_dict(current) if isinstance(current, TrainConfig) else
-                             dataclasses.asdict(current) if dataclasses.is_dataclass(current) else
+        example = json.dumps(dataclasses.asdict(current) if dataclasses.is_dataclass(current) else
                              dict(current) if isinstance(current, Mapping) else current)
         raise UserError(f"{prefix}{name}={value!r} is not of type {_type_name(hint)}; pass e.g. "
                         f"--set {prefix}{name}={example}")

@@ -64,7 +64,7 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     joined = not dist.is_initialized()
     if joined:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Context(int(os.environ["RANK"]), world_size, local_rank, joined), device
+    return Context(launched_rank(), world_size, local_rank, joined), device
 
 
 def leave(ctx: Context) -> None:
@@ -90,9 +90,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def shard(batches: Iterator[tuple[Tensor, Tensor]], ctx: Context) -> Iterator[tuple[Tensor, Tensor]]:
     """This rank's contiguous share of each global batch."""
     for x, y in batches:
-        if ctx.active:
-            x, y = x.tensor_split(ctx.world_size)[ctx.rank], y.tensor_split(ctx.world_size)[ctx.rank]
-        yield x, y
+        yield shard_split(x, ctx), shard_split(y, ctx)
 
 
 def check_batches(n: int, batch_size: int, ctx: Context) -> None:

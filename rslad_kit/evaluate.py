@@ -94,8 +94,7 @@ def evaluate(
             probe = model(x[:batch_size])
         if probe.min() >= 0 and torch.allclose(probe.sum(1), torch.ones_like(probe[:, 0]), atol=1e-3):
             warn("the model's outputs look like probabilities; attacks need logits (remove the final softmax)")
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
-                atk.autoattack_warnings() as flags:
+        with atk.seeded(seed, x.device), atk.autoattack_warnings() as flags:
             for name in names:
                 # Each attack from the same seed: its random start does not depend on which attacks ran
                 # before it, so a resumed evaluation (AutoAttack from its state file) gives the same numbers.

@@ -52,7 +52,6 @@ LABELS = {"teacher": "Teacher", "natural": "Natural", "sat": "SAT", "trades": "T
           "ard": "ARD", "iad": "IAD", "rslad": "RSLAD"}
 ATTACK_LABELS = {"clean": "clean", "pgd_trades": "PGD_TRADES", "autoattack": "AutoAttack", "pgd_sat": "PGD_SAT",
                  "fgsm": "FGSM", "cw": "CW∞"}
-FIGURE2_ROWS = ("teacher", "ard", "iad", "rslad", "sat")   # the paper's rows, plus SAT for contrast
 
 
 def color(name: str) -> tuple[float, float, float]:
@@ -71,7 +70,7 @@ def styled(draw: Callable[..., Figure]) -> Callable[..., Figure]:
 
 def _figure(rows: int, cols: int, width: float, height: float, **kwargs: Any) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
-    return fig, np.atleast_2d(fig.subplots(rows, cols, squeeze=False, **kwargs))
+    return fig, fig.subplots(rows, cols, squeeze=False, **kwargs)
 
 
 def _image(x: Tensor) -> np.ndarray:
@@ -334,20 +333,6 @@ def _results_plan(folder: Path, **overrides: Any):
     return reproduce.build_plan(folder.name, folder.parent, **overrides)
 
 
-def _checkpoint(plan, run: str) -> Path | None:
-    """A run's best checkpoint (None: a zoo teacher, read from its own file)."""
-    if run == "teacher" and run not in plan.runs:
-        return None
-    return plan.out / "runs" / run / "best.pt"
-
-
-def _load(plan, run: str) -> torch.nn.Module:
-    path = _checkpoint(plan, run)
-    if path is None:
-        return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir)
-    return train.load_model(path).eval()
-
-
 def _arch(plan, run: str, model: torch.nn.Module) -> str:
     """The registry architecture of a run (a zoo teacher: the registry entry of its class)."""
     if run in plan.runs:
@@ -379,7 +364,7 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     soft = 7 in plan.plan.tables
     needed = ["teacher", *(["teacher-natural"] if soft else []),
               *[by_seed[s] for by_seed in runs.values() for s in (seeds or [0]) if s < len(by_seed)]]
-    missing = [p for r in needed if (p := _checkpoint(plan, r)) is not None and not p.is_file()]
+    missing = [p for r in needed if not (p := reproduce.checkpoint_file(plan, r, "best")).is_file()]
     if missing:
         raise UserError(f"{missing[0]} is missing ({len(missing)} checkpoint(s) in all); run "
                         f"`rslad-kit reproduce --preset {plan.preset} --out {folder.parent}` first")
@@ -387,14 +372,14 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     device = train.resolve_device(plan.base.device)
     ds = data.load(plan.dataset, plan.base.data_root, val_size=plan.base.val_size, image_size=plan.base.image_size)
     test = ds.test.to(device)
-    teacher = _load(plan, "teacher").to(device)
+    teacher = reproduce.load_for_eval(plan, "teacher", "best", device)
     written: list[Path] = []
     with tqdm(total=4, desc="figures", disable=not progress) as bar:
         written += _figure2(plan, teacher, runs, seeds, test.take(images), out, against=against, sigma=sigma,
                             samples=samples)
         bar.update()
         if soft:
-            written += _figure3(plan, teacher, _load(plan, "teacher-natural").to(device), test, ds, out)
+            written += _figure3(plan, teacher, reproduce.load_for_eval(plan, "teacher-natural", "best", device), test, ds, out)
         bar.update()
         written += _kit_plots(plan, teacher, runs, test.take(images), ds.classes, out)
         bar.update()
@@ -415,10 +400,10 @@ def _figure2(plan, teacher, runs, seeds, test, out: Path, *, against: str, sigma
     students: dict[str, list[dict[str, Tensor]]] = {}
     for m in (m for m in SALIENCY_METHODS if runs.get(m)):
         for s in seeds:
-            model = _load(plan, runs[m][s]).to(test.x.device)
-            students.setdefault(m, []).append(saliency.adversarial_maps(
+            model = reproduce.load_for_eval(plan, runs[m][s], "best", test.x.device)
+            students.setdefault(m, []).append(saliency.adversarial_maps(   # teacher: its examples, crafted once
                 model, plan.runs[runs[m][s]].model, test.x, test.y,
-                source=teacher if against == "teacher" else None, **kw))
+                x_adv=teacher_maps["x_adv"].to(test.x.device) if against == "teacher" else None, **kw))
     shown = {"teacher": teacher_maps} | {m: maps[0] for m, maps in students.items()}   # seed 0
     rows = saliency.similarity_rows(students, teacher_maps)
     meta = {"results": str(plan.out), "against": against, "attack": "pgd_trades", "eps": plan.eps,
@@ -443,11 +428,11 @@ def _figure3(plan, teacher, natural, test, ds, out: Path) -> list[Path]:
 
 def _kit_plots(plan, teacher, runs, test, class_names, out: Path) -> list[Path]:
     """Training curves and adversarial examples of seed 0; robust vs clean over seeds; eps curves."""
-    first = {"teacher": teacher} | {m: _load(plan, by_seed[0]).to(test.x.device) for m, by_seed in runs.items()
+    first = {"teacher": teacher} | {m: reproduce.load_for_eval(plan, by_seed[0], "best", test.x.device) for m, by_seed in runs.items()
                                     if by_seed}
     metrics = {m: [json.loads(line) for line in (plan.out / "runs" / by_seed[0] / "metrics.jsonl")
                    .read_text().splitlines()] for m, by_seed in runs.items() if by_seed}
-    evals = {p.stem: json.loads(p.read_text()) for p in (plan.out / "evals").glob("*.json")}
+    evals = plan.evals()
 
     def best(run_names: list[str], attack: str) -> list[float]:
         return [evals[r]["best"][attack] for r in run_names if attack in evals.get(r, {}).get("best", {})]
@@ -456,8 +441,7 @@ def _kit_plots(plan, teacher, runs, test, class_names, out: Path) -> list[Path]:
               for m, names in {"teacher": ["teacher"], **runs}.items()}
 
     k = min(6, len(test))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with attacks.seeded(0, test.x.device):
         x_adv = attacks.white_box("pgd_trades", first.get("rslad", teacher), test.x[:k], test.y[:k], eps=plan.eps)
     predictions = {name: evaluate.predict(model, x_adv) for name, model in first.items()}
     grid = [round(plan.eps * f, 6) for f in (0, 0.25, 0.5, 0.75, 1, 1.5, 2) if plan.eps * f <= 1]

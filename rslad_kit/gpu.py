@@ -11,8 +11,6 @@ makes the GPU path bitwise repeatable as well (measured cost: docs/benchmarks.md
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import torch
@@ -54,12 +52,8 @@ def pin_worker(slot: int, gpus: int) -> None:
 
 
 def mps_running() -> bool:
-    """Whether an NVIDIA MPS control daemon or server is up (its process, or its pipe directory)."""
-    if shutil.which("pgrep"):
-        found = subprocess.run(["pgrep", "-x", "nvidia-cuda-mps-server|nvidia-cuda-mps-control"],
-                               capture_output=True).returncode == 0
-        if found:
-            return True
+    """Whether an NVIDIA MPS control daemon is up: its pipe folder holds a `control` pipe. (Process
+    names cannot tell: Linux keeps 15 characters, too few for `nvidia-cuda-mps-control`.)"""
     return (MPS_PIPE_DIR / "control").exists()
 
 

@@ -32,21 +32,13 @@ Attack = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 def capturable_attack(model: nn.Module, attack: AttackConfig, objective: ObjectiveFactory, *,
                       bf16: bool = False) -> Attack:
-    """`attack(x, y, t_nat) -> x_adv`: the training PGD as tensor ops only, ready to be captured.
-
-    The same attack as `attacks.pgd`, without its input checks (they read values back to the host).
-    """
-    def run(x: Tensor, y: Tensor, t_nat: Tensor | None) -> Tensor:
-        was_training = model.training
-        model.train(attack.bn_mode == "train")
-        try:
-            # cache_enabled=False: autocast's cache of bf16 weights must not outlive a capture
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
-                return atk.pgd_steps(model, x, objective(x, y, t_nat), eps=attack.eps,
-                                     step_size=attack.step_size, steps=attack.steps,
-                                     random_start=attack.random_start)
-        finally:
-            model.train(was_training)
+    """`attack(x, y, t_nat) -> x_adv`: the training PGD, without the input check a capture cannot hold."""
+    def run(x: Tensor, y: Tensor, t_nat: Tensor | None = None) -> Tensor:
+        # cache_enabled=False: autocast's cache of bf16 weights must not outlive a capture
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+            return atk.pgd(model, x, objective(x, y, t_nat), eps=attack.eps, step_size=attack.step_size,
+                           steps=attack.steps, random_start=attack.random_start, bn_mode=attack.bn_mode,
+                           check=False)
     return run
 
 
@@ -120,8 +112,7 @@ class GraphedPGD:
     def __call__(self, x: Tensor, y: Tensor, t_nat: Tensor | None) -> Tensor:
         atk.check_images(x)   # syncs with the host: outside the graph
         inputs = {"x": x, "y": y} | ({} if t_nat is None else {"t_nat": t_nat})
-        out = self.graphs.replay((signature(x), t_nat is None), lambda x, y, t_nat=None: self.run(x, y, t_nat),
-                                 inputs)
+        out = self.graphs.replay((signature(x), t_nat is None), self.run, inputs)
         return out.clone()   # the next replay overwrites `out`
 
 

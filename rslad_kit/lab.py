@@ -303,7 +303,7 @@ class EpsExplorer:
 class MapExplorer:
     """Figure 2 one test image at a time: choose the image, the model the adversarial example is
     crafted against (the teacher, or each model itself) and the models shown; their Grad-CAM and
-    SmoothGrad maps are recomputed and redrawn on every change (a PGD-10 on one image per model).
+    SmoothGrad maps are recomputed and redrawn on every change (a PGD-20, PGD_TRADES, on one image per model).
     `models_by_name[name] = (model, registry architecture)`; the one named `teacher` is the source."""
 
     def __init__(self, models_by_name: dict[str, tuple[nn.Module, str]], x: Tensor, y: Tensor, *, eps: float,

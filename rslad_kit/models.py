@@ -577,6 +577,11 @@ def _fetch(entry: ZooEntry, path: Path) -> None:
             leftover.unlink()
 
 
+def zoo_path(dataset: str, name: str, model_dir: str | Path = "models") -> Path:
+    """Where RobustBench keeps (and the kit reads) a zoo model: `{model_dir}/{dataset}/Linf/{name}.pt`."""
+    return Path(model_dir) / dataset / "Linf" / f"{name}.pt"
+
+
 def load_teacher(spec: str, dataset: str, model_dir: str | os.PathLike = "models", *,
                  download: bool = True, rslad_official_stats: bool = False) -> nn.Module:
     """A frozen RobustBench teacher from `spec = "robustbench:<name>"`, in eval mode, requires_grad off.
@@ -597,7 +602,7 @@ def load_teacher(spec: str, dataset: str, model_dir: str | os.PathLike = "models
     if rslad_official_stats and kwargs.get("mean") == CIFAR100_MEAN:
         kwargs.update(mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
-    path = Path(model_dir) / dataset / "Linf" / f"{name}.pt"
+    path = zoo_path(dataset, name, model_dir)
     if not path.is_file():
         if not download:
             raise UserError(f"teacher file {path} not found; pass download=True or place the RobustBench "

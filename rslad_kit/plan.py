@@ -9,6 +9,7 @@ a row is a method, a Table 6 variant or a Table 7 soft-label variant.
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,13 @@ class Plan:
         k, ckpts = self.plan.slow_attack_seeds, self.plan.slow_attack_checkpoints
         slow_ok = (k is None or seed < k) and checkpoint in ckpts
         return tuple(a for a in attacks if a not in SLOW_ATTACKS or slow_ok)
+
+    # --- results -------------------------------------------------------------------------------------
+
+    def evals(self) -> dict[str, dict]:
+        """The evaluations on disk: run name -> its evals/<run>.json (checkpoint -> attack -> accuracy)."""
+        folder = self.out / "evals"
+        return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
 
     # --- tasks ---------------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 from dataclasses import dataclass
 from importlib import resources
@@ -71,11 +70,6 @@ class Cell:
         return f"{self.mean:.2f}" + (f" ± {self.sd:.2f}" if self.sd is not None else "")
 
 
-def _evals(plan: Plan) -> dict[str, dict]:
-    folder = plan.out / "evals"
-    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
-
-
 def cell(plan: Plan, evals: dict, runs: list[str], checkpoint: str, attack: str) -> Cell:
     """The accuracies of `runs` (one per seed) at `checkpoint` under `attack`, where evaluated."""
     return Cell({plan.runs[r].seed if r in plan.runs else 0: evals[r][checkpoint][attack] for r in runs
@@ -128,7 +122,7 @@ def _rows(plan, evals, paper, table, student, row, label, columns, paper_row=Non
 
 
 def build_tables(plan: Plan) -> list[Table]:
-    evals, paper = _evals(plan), paper_numbers()
+    evals, paper = plan.evals(), paper_numbers()
     both = [(c, a) for c in ("best", "last") for a in WHITE_BOX]
     tables = []
     pc = plan.plan
@@ -214,7 +208,7 @@ def describe(d: Paired) -> str:
 
 def rankings(plan: Plan) -> list[str]:
     """The students of the white-box table ranked by PGD_TRADES and AutoAttack (best checkpoints)."""
-    evals, out = _evals(plan), []
+    evals, out = plan.evals(), []
     table = 4 if plan.dataset == "cifar100" else 3
     student = plan.plan.students[0]
     for attack in ("pgd_trades", "autoattack"):
@@ -229,7 +223,7 @@ def rankings(plan: Plan) -> list[str]:
 
 def claims(plan: Plan) -> list[str]:
     """The paper's claims, checked on our numbers."""
-    evals = _evals(plan)
+    evals = plan.evals()
     pc, out = plan.plan, []
     table = 4 if plan.dataset == "cifar100" else 3
     student = pc.students[0]
@@ -295,7 +289,7 @@ def write(plan: Plan, seconds: float | None = None) -> list[Path]:
             write_text(path, text)
             written.append(path)
     missing = sorted({3, 4} - set(plan.plan.tables))
-    warnings = sorted({f"{run}: {w}" for run, e in _evals(plan).items() for k, v in e.items()
+    warnings = sorted({f"{run}: {w}" for run, e in plan.evals().items() for k, v in e.items()
                        if isinstance(v, dict) for w in v.get("warnings", [])})
     lines = [f"# Summary: `rslad-kit reproduce --preset {plan.preset}`", "",
              f"{len(plan.seeds)} seed(s) per student; eps = {plan.eps:.4g}; dataset {plan.dataset}; "

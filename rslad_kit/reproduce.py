@@ -143,15 +143,17 @@ def _dataset(name: str, root: str, val_size: int | None, image_size: int | None)
     return data_lib.load(name, root, val_size=val_size, image_size=image_size)
 
 
-def _load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
+def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
+    """A run's checkpoint `ckpt` ("best", "last"), or a zoo teacher from its file, in eval mode."""
     if run == "teacher" and run not in plan.runs:   # a zoo teacher, read from its file
         return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir).to(device)
     if run in plan.zoo:   # a RobustBench teacher under another run name (the teacher study's ladder)
         return models.load_teacher(plan.zoo[run], plan.dataset, plan.base.model_dir).to(device)
-    return train.load_model(_checkpoint_file(plan, run, ckpt)).to(device)
+    return train.load_model(checkpoint_file(plan, run, ckpt)).to(device)
 
 
-def _checkpoint_file(plan: Plan, run: str, ckpt: str) -> Path:
+def checkpoint_file(plan: Plan, run: str, ckpt: str) -> Path:
+    """The file behind `load_for_eval(plan, run, ckpt)`."""
     if run == "teacher" and run not in plan.runs:
         return train.teacher_path(plan.base, plan.out)
     if run in plan.zoo:
@@ -193,7 +195,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
     run = task.name.removeprefix("eval:")
     path = plan.out / "evals" / f"{run}.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
-    sums = {ckpt: _check_unchanged(done.get(ckpt, {}).get("sha256"), _checkpoint_file(plan, run, ckpt), path)
+    sums = {ckpt: _check_unchanged(done.get(ckpt, {}).get("sha256"), checkpoint_file(plan, run, ckpt), path)
             for ckpt in task.checkpoints}
     if all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items()):
         return
@@ -202,10 +204,10 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
     test = ds.test.to(device)
     surrogate = None
     if any(a.startswith("transfer") for attacks in task.checkpoints.values() for a in attacks):
-        surrogate = _load_for_eval(plan, "surrogate", "best", device)
+        surrogate = load_for_eval(plan, "surrogate", "best", device)
     by_epoch: dict[int, dict] = {}
     for ckpt, attacks in task.checkpoints.items():
-        model = _load_for_eval(plan, run, ckpt, device)
+        model = load_for_eval(plan, run, ckpt, device)
         epoch = _epoch(plan, run, ckpt)
         missing = [a for a in attacks if a not in done.get(ckpt, {})]
         # best.pt and last.pt are often the same epoch: evaluate once.
@@ -223,12 +225,12 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         entry = done.setdefault(ckpt, {})
         entry.update(scores)
         entry["epoch"] = epoch
-        entry["sha256"] = sums[ckpt] or runs.sha256(_checkpoint_file(plan, run, ckpt))   # read above
+        entry["sha256"] = sums[ckpt] or runs.sha256(checkpoint_file(plan, run, ckpt))   # read above
         entry.setdefault("seconds", {}).update(row.get("seconds", {}))
         entry["warnings"] = sorted(set(entry.get("warnings", [])) | set(row.get("warnings", [])))
     done["provenance"] = runs.provenance(device) | {
         "n": len(test), "eps": plan.eps, "preset": plan.preset, "config": to_dict(cfg), "seed": cfg.seed,
-        "data_sha256": runs.data_checksum(test)}
+        "data_sha256": runs.data_checksum(ds.test)}   # the host copy: the same bytes, no copy back
     runs.write_text(path, json.dumps(done, indent=1))
 
 

@@ -127,14 +127,15 @@ def map_similarity(a: Tensor, b: Tensor) -> dict[str, float | int]:
 # --- Figure 2's data -------------------------------------------------------------------------------
 
 def adversarial_maps(model: nn.Module, arch: str, x: Tensor, y: Tensor, *, eps: float,
-                     source: nn.Module | None = None, sigma: float = 0.15, samples: int = 25,
-                     seed: int = 0) -> dict[str, Tensor]:
+                     source: nn.Module | None = None, x_adv: Tensor | None = None, sigma: float = 0.15,
+                     samples: int = 25, seed: int = 0) -> dict[str, Tensor]:
     """Adversarial examples by PGD_TRADES against `source` (default: `model` itself), and `model`'s
     Grad-CAM and SmoothGrad maps on them: {"x_adv", "gradcam", "smoothgrad"}. Seeded, so every model
-    sees the same random start and noise. The results are on the CPU, ready to draw."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        x_adv = atk.white_box("pgd_trades", source or model, x, y, eps=eps)
+    sees the same random start and noise. `x_adv` passes examples already crafted (against a shared
+    source, once for all models). The results are on the CPU, ready to draw."""
+    if x_adv is None:
+        with atk.seeded(seed, x.device):
+            x_adv = atk.white_box("pgd_trades", source or model, x, y, eps=eps)
     noise = torch.Generator(device=x.device).manual_seed(seed)
     return {"x_adv": x_adv.cpu(), "gradcam": gradcam(model, arch, x_adv, y),
             "smoothgrad": smoothgrad(model, x_adv, y, sigma=sigma, samples=samples, generator=noise).cpu()}
@@ -145,8 +146,12 @@ def maps_of(models_by_name: Mapping[str, tuple[nn.Module, str]], x: Tensor, y: T
             progress: bool = False) -> dict[str, dict[str, Tensor]]:
     """`adversarial_maps` of several models on the same images: `models_by_name[name] = (model,
     registry architecture)`; the examples are crafted against `source` (None: each model itself)."""
+    shared = None   # examples against one source are crafted once, for every model
+    if source is not None:
+        with atk.seeded(0, x.device):
+            shared = atk.white_box("pgd_trades", source, x, y, eps=eps)
     items = tqdm(models_by_name.items(), desc="maps", unit="model", disable=not progress)
-    return {name: adversarial_maps(model, arch, x, y, eps=eps, source=source, sigma=sigma, samples=samples)
+    return {name: adversarial_maps(model, arch, x, y, eps=eps, x_adv=shared, sigma=sigma, samples=samples)
             for name, (model, arch) in items}
 
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from rslad_kit import report, runs, teacher_study
 from rslad_kit.errors import UserError
 from rslad_kit.plan import Plan, Task
-from rslad_kit.reproduce import build_plan, run_task
+from rslad_kit.reproduce import build_plan, check_results_folder, run_task
 
 EXECUTORS = ("local", "slurm", "debug")   # debug: in this process, for stepping through a job
 STUDIES = ("reproduce", "teacher")
@@ -125,9 +125,11 @@ def run(p: str, *, out: str | Path = "results", study: str = "reproduce", kind: 
     ex = executor(kind, plan.out / "submitit", timeout_min=timeout_min, partition=partition, gpus=gpus,
                   cpus=threads, parallel=parallel)
     started = time.perf_counter()
-    dispatch(plan, ex, parallel=parallel, threads=threads, progress=progress)
-    if study == "teacher":
-        teacher_study.write(plan, lad)
-    else:
-        report.write(plan, seconds=time.perf_counter() - started)
+    with runs.lock(plan.out, "sweep"):   # the folder's one writer, on its own results, as for reproduce
+        check_results_folder(plan)
+        dispatch(plan, ex, parallel=parallel, threads=threads, progress=progress)
+        if study == "teacher":
+            teacher_study.write(plan, lad)
+        else:
+            report.write(plan, seconds=time.perf_counter() - started)
     return plan.out

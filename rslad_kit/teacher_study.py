@@ -112,7 +112,7 @@ def _params(teacher: str, plan: Plan) -> int:
 
 def summarise(plan: Plan, lad: Ladder) -> dict[str, Any]:
     """The study's numbers as JSON-ready data: one row per teacher, the SAT baseline and a verdict."""
-    evals = {p.stem: json.loads(p.read_text()) for p in (plan.out / "evals").glob("*.json")}
+    evals = plan.evals()
 
     def scores(run: str, attack: str) -> float | None:
         return evals.get(run, {}).get("best", {}).get(attack)
@@ -186,6 +186,7 @@ def run(p: str = "classroom", *, out: str | Path = "results", seeds: int | None 
         print(reproduce.estimate_seconds(plan, workers))
         return plan.out
     with runs.lock(plan.out, "teacher study"):   # one writer per study folder, as for reproduce
+        reproduce.check_results_folder(plan)
         reproduce.execute(plan, workers, progress, gpus)
         write(plan, lad)
     return plan.out

@@ -121,7 +121,7 @@ def loss_terms(
     *,
     epoch: int = 1,
     num_classes: int | None = None,
-    attack: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
+    attack: graphs.Attack | None = None,
 ) -> dict[str, Tensor]:
     """The weighted loss terms of `cfg.method` on a batch (soft labels, attack, outer loss), not stepped.
 
@@ -177,13 +177,14 @@ def train_step(
     *,
     epoch: int = 1,
     num_classes: int | None = None,
-    attack: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
+    attack: graphs.Attack | None = None,
     graph: graphs.GraphedStep | None = None,
 ) -> dict[str, float]:
     """One optimisation step of `cfg.method` on a batch; returns the loss and its terms.
 
-    `graph` (built by `train` for `cuda_graphs="step"`) replays the forwards and the backward, which
-    leave the gradients in `.grad`; only the optimiser's step then runs eagerly.
+    `graph` (built by `make_graphs` for `cuda_graphs="step"`) replays the forwards and the backward,
+    which leave the gradients in `.grad`; only the optimiser's step then runs eagerly. The graph holds
+    its own student, teacher and attack, so with it those arguments go unread.
     """
     if graph is not None:
         terms = graph(x, y, epoch)
@@ -214,10 +215,8 @@ def check_config(cfg: TrainConfig) -> None:
     """Raise UserError for names and values that cannot work, before anything is written."""
     if cfg.method not in METHODS:
         raise UserError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
-    if cfg.dataset not in data_lib.DATASETS:
-        raise UserError(f"unknown dataset {cfg.dataset!r}; choose from {', '.join(data_lib.DATASETS)}")
-    if cfg.model not in models.MODELS:
-        raise UserError(f"unknown model {cfg.model!r}; choose from {', '.join(models.MODELS)}")
+    data_lib.check_name(cfg.dataset)
+    models.check_name(cfg.model)
     method = METHODS[cfg.method]
     objective = cfg.objective or method.attack
     if objective not in OBJECTIVES:
@@ -289,7 +288,7 @@ def teacher_path(cfg: TrainConfig, out: Path) -> Path:
     """
     spec = cfg.teacher
     if spec.startswith("robustbench:"):
-        return Path(cfg.model_dir) / cfg.dataset / "Linf" / f"{spec.partition(':')[2]}.pt"
+        return models.zoo_path(cfg.dataset, spec.partition(":")[2], cfg.model_dir)
     path = Path(spec)
     if not path.exists() and (out.parent / spec).exists():
         path = out.parent / spec
