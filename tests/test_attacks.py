@@ -221,3 +221,29 @@ def test_autoattacks_own_checks_land_in_the_row(batch, monkeypatch):
     with pytest.warns(UserWarning, match="AutoAttack's check"):
         row = evaluate(tiny_model().eval(), batch, ["autoattack"], eps=EPS)
     assert any("Square Attack has decreased" in w for w in row["warnings"])
+
+
+def test_an_interrupted_autoattack_resumes_after_its_finished_sub_attacks(batch, tmp_path, monkeypatch):
+    """Killed during its second sub-attack, a rerun skips the first and ends where one call would."""
+    from pyautoattack import AutoAttack
+
+    x, y = batch[0][:8], batch[1][:8]
+    model = tiny_model().eval()
+    whole = attacks.autoattack(model, x, y, eps=EPS, seed=0)
+    real, calls = AutoAttack.run_standard_evaluation, []
+
+    def dies_on_the_second(self, *args, **kwargs):
+        calls.append(self.attacks_to_run[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AutoAttack, "run_standard_evaluation", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        attacks.autoattack(model, x, y, eps=EPS, seed=0, state_path=tmp_path / "state.pt")
+    assert calls == ["apgd-ce", "apgd-t"]
+    calls.clear()
+    monkeypatch.setattr(AutoAttack, "run_standard_evaluation",
+                        lambda self, *a, **k: calls.append(self.attacks_to_run[0]) or real(self, *a, **k))
+    resumed = attacks.autoattack(model, x, y, eps=EPS, seed=0, state_path=tmp_path / "state.pt")
+    assert "apgd-ce" not in calls and torch.equal(resumed, whole)

@@ -12,6 +12,7 @@ import torch
 from rslad_kit import UserError, data, train
 from rslad_kit import distributed as dist_lib
 from rslad_kit.config import preset
+from rslad_kit.models import build
 
 
 def test_the_shards_of_every_rank_make_up_the_global_batch():
@@ -51,10 +52,13 @@ def test_two_gloo_processes_reach_the_weights_of_one_process(tmp_path):
     one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     # Not bitwise: each rank's BatchNorm normalises its half of the batch with that half's statistics
-    # (as nn.DataParallel does), and the ranks draw their own random starts. After one smoke epoch the
-    # weights differ by about 5% of their norm (runs with another seed: about 80%).
-    gap = (_flat(one["model"]) - _flat(two["model"])).norm() / _flat(one["model"]).norm()
-    assert gap < 0.1
+    # (as nn.DataParallel does), and the ranks draw their own random starts. So the gap is measured
+    # against how far the epoch moved the weights: 0.16 here, and 0.38 with DDP's wrapper removed (each
+    # rank trains alone on its half of each batch, no gradient averaging), which this bound fails.
+    torch.manual_seed(cfg.seed)
+    start = _flat(build(cfg.model, 10, in_channels=1).state_dict())
+    update = (_flat(one["model"]) - start).norm()
+    assert (_flat(one["model"]) - _flat(two["model"])).norm() / update < 0.25
     # The logged loss is the mean over the whole epoch, summed over both ranks.
     assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=0.02)
     assert {"val_clean", "val_pgd_trades"} <= set(two["history"][0])

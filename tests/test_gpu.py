@@ -64,9 +64,26 @@ def test_step_graphs_under_torchrun_are_refused(tmp_path, monkeypatch):
         train.train(preset("smoke", "sat", cuda_graphs="step"), tmp_path / "run", progress=False)
 
 
-def test_mps_note_is_one_line():
+@pytest.mark.parametrize("running", [True, False])
+def test_mps_note_is_one_line_and_says_whether_mps_runs(running, monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu, "MPS_PIPE_DIR", tmp_path)
+    if running:
+        (tmp_path / "control").touch()   # the daemon's control pipe
     note = gpu.mps_note(4)
-    assert "\n" not in note and "MPS" in note
+    assert "\n" not in note and ("is running" in note) == running and "4 workers" in note
+
+
+def test_deterministic_sets_cublas_workspace_before_cuda_starts_and_refuses_after(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(UserError, match="export CUBLAS_WORKSPACE_CONFIG"):
+        gpu.set_deterministic(True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    try:
+        gpu.set_deterministic(True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == gpu.CUBLAS_WORKSPACE
+    finally:
+        gpu.set_deterministic(False)
 
 
 @pytest.mark.parametrize("graphs", ["off", "step"])
@@ -225,21 +242,37 @@ def test_graphed_step_matches_eager_steps_in_fp32_with_deterministic_kernels(met
 @cuda
 @pytest.mark.parametrize("scope", ["attack", "step"])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_training_with_graphs_and_channels_last_runs(tmp_path, scope, bf16):
+def test_training_with_graphs_and_channels_last_runs(tmp_path, scope, bf16, monkeypatch):
+    made = _spy_on_graphs(monkeypatch)
     cfg = preset("smoke", "trades", cuda_graphs=scope, channels_last=True, bf16=bf16, device="cuda")
     history = train.train(cfg, tmp_path / "run", progress=False)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert len(made) == 1 and len(made[0].graphs) >= 1   # the run went through the graphs
+
+
+def _spy_on_graphs(monkeypatch) -> list:
+    """The graphs `train` builds (GraphedPGD or GraphedStep), to check a run really replayed them."""
+    made, build = [], train.make_graphs
+
+    def spy(*args, **kwargs):
+        attack, step = build(*args, **kwargs)
+        made.append(attack or step)
+        return attack, step
+
+    monkeypatch.setattr(train, "make_graphs", spy)
+    return made
 
 
 @cuda
-def test_distilling_through_train_with_a_step_graph(tmp_path):
+def test_distilling_through_train_with_a_step_graph(tmp_path, monkeypatch):
     """RSLAD from a teacher run folder, the whole step graphed: the loss stays finite and falls."""
     train.train(preset("smoke", "trades", device="cuda"), tmp_path / "teacher", progress=False)
+    made = _spy_on_graphs(monkeypatch)
     cfg = preset("smoke", "rslad", teacher=str(tmp_path / "teacher"), cuda_graphs="step", device="cuda")
     history = train.train(replace(cfg, epochs=max(cfg.epochs, 3)), tmp_path / "run", progress=False)
     losses = [h["loss"] for h in history]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-    assert (tmp_path / "run" / "best.pt").is_file()
+    assert (tmp_path / "run" / "best.pt").is_file() and len(made[0].graphs) >= 1
 
 
 def test_workers_spread_over_the_gpus_round_robin(monkeypatch):
