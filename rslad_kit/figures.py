@@ -359,11 +359,11 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     folder, out = Path(results), Path(out)
     plan = _results_plan(folder, data_root=data_root)
     table = 4 if plan.dataset == "cifar100" else 3
-    runs = {m: plan.rows.get((table, plan.plan.students[0], m), []) for m in plan.methods}  # method -> by seed
-    seeds = [s for s, run in enumerate(runs.get("rslad", [])) if (plan.out / "runs" / run / "best.pt").is_file()]
+    by_method = {m: plan.rows.get((table, plan.plan.students[0], m), []) for m in plan.methods}  # method -> by seed
+    seeds = [s for s, run in enumerate(by_method.get("rslad", [])) if (plan.out / "runs" / run / "best.pt").is_file()]
     soft = 7 in plan.plan.tables
     needed = ["teacher", *(["teacher-natural"] if soft else []),
-              *[by_seed[s] for by_seed in runs.values() for s in (seeds or [0]) if s < len(by_seed)]]
+              *[by_seed[s] for by_seed in by_method.values() for s in (seeds or [0]) if s < len(by_seed)]]
     missing = [p for r in needed if not (p := reproduce.checkpoint_file(plan, r, "best")).is_file()]
     if missing:
         raise UserError(f"{missing[0]} is missing ({len(missing)} checkpoint(s) in all); run "
@@ -375,13 +375,14 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     teacher = reproduce.load_for_eval(plan, "teacher", "best", device)
     written: list[Path] = []
     with tqdm(total=4, desc="figures", disable=not progress) as bar:
-        written += _figure2(plan, teacher, runs, seeds, test.take(images), out, against=against, sigma=sigma,
+        written += _figure2(plan, teacher, by_method, seeds, test.take(images), out, against=against, sigma=sigma,
                             samples=samples)
         bar.update()
         if soft:
-            written += _figure3(plan, teacher, reproduce.load_for_eval(plan, "teacher-natural", "best", device), test, ds, out)
+            natural = reproduce.load_for_eval(plan, "teacher-natural", "best", device)
+            written += _figure3(plan, teacher, natural, test, ds, out)
         bar.update()
-        written += _kit_plots(plan, teacher, runs, test.take(images), ds.classes, out)
+        written += _kit_plots(plan, teacher, by_method, test.take(images), ds.classes, out)
         bar.update()
         study = folder.parent / f"{plan.preset}-teacher-study"
         if (study / "teacher_study.json").is_file():
@@ -393,16 +394,17 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     return written
 
 
-def _figure2(plan, teacher, runs, seeds, test, out: Path, *, against: str, sigma: float, samples: int) -> list[Path]:
+def _figure2(plan, teacher, by_method, seeds, test, out: Path, *, against: str, sigma: float,
+             samples: int) -> list[Path]:
     """Maps of the teacher and of every seed's ARD, IAD, RSLAD and SAT students; their similarity."""
     kw = dict(eps=plan.eps, sigma=sigma, samples=samples)
     teacher_maps = saliency.adversarial_maps(teacher, _arch(plan, "teacher", teacher), test.x, test.y, **kw)
     students: dict[str, list[dict[str, Tensor]]] = {}
-    for m in (m for m in SALIENCY_METHODS if runs.get(m)):
+    for m in (m for m in SALIENCY_METHODS if by_method.get(m)):
         for s in seeds:
-            model = reproduce.load_for_eval(plan, runs[m][s], "best", test.x.device)
+            model = reproduce.load_for_eval(plan, by_method[m][s], "best", test.x.device)
             students.setdefault(m, []).append(saliency.adversarial_maps(   # teacher: its examples, crafted once
-                model, plan.runs[runs[m][s]].model, test.x, test.y,
+                model, plan.runs[by_method[m][s]].model, test.x, test.y,
                 x_adv=teacher_maps["x_adv"].to(test.x.device) if against == "teacher" else None, **kw))
     shown = {"teacher": teacher_maps} | {m: maps[0] for m, maps in students.items()}   # seed 0
     rows = saliency.similarity_rows(students, teacher_maps)
@@ -426,19 +428,18 @@ def _figure3(plan, teacher, natural, test, ds, out: Path) -> list[Path]:
                           "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats.items()}})]
 
 
-def _kit_plots(plan, teacher, runs, test, class_names, out: Path) -> list[Path]:
+def _kit_plots(plan, teacher, by_method, test, class_names, out: Path) -> list[Path]:
     """Training curves and adversarial examples of seed 0; robust vs clean over seeds; eps curves."""
-    first = {"teacher": teacher} | {m: reproduce.load_for_eval(plan, by_seed[0], "best", test.x.device) for m, by_seed in runs.items()
-                                    if by_seed}
-    metrics = {m: [json.loads(line) for line in (plan.out / "runs" / by_seed[0] / "metrics.jsonl")
-                   .read_text().splitlines()] for m, by_seed in runs.items() if by_seed}
+    first = {"teacher": teacher} | {m: reproduce.load_for_eval(plan, by_seed[0], "best", test.x.device)
+                                    for m, by_seed in by_method.items() if by_seed}
+    metrics = {m: runs.history(plan.out / "runs" / by_seed[0]) for m, by_seed in by_method.items() if by_seed}
     evals = plan.evals()
 
     def best(run_names: list[str], attack: str) -> list[float]:
         return [evals[r]["best"][attack] for r in run_names if attack in evals.get(r, {}).get("best", {})]
 
     points = {m: {"clean": best(names, "clean"), "robust": best(names, "pgd_trades")}
-              for m, names in {"teacher": ["teacher"], **runs}.items()}
+              for m, names in {"teacher": ["teacher"], **by_method}.items()}
 
     k = min(6, len(test))
     with attacks.seeded(0, test.x.device):

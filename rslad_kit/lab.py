@@ -18,7 +18,6 @@ and draws (through `figures`); it adds no science. Taught from notebooks/00_setu
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 import shutil
@@ -187,12 +186,6 @@ def environment() -> dict[str, Any]:
 
 # --- cached runs ----------------------------------------------------------------------------------
 
-def history(out: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch metrics of the run in `out` (metrics.jsonl)."""
-    path = Path(out) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
-
-
 def trained(cfg: config.TrainConfig, out: str | Path, *, dataset: data.Dataset | None = None,
             curves: bool = False) -> nn.Module:
     """The best checkpoint of `cfg` in `out`, in eval mode: trained if missing, resumed if interrupted.
@@ -208,7 +201,7 @@ def trained(cfg: config.TrainConfig, out: str | Path, *, dataset: data.Dataset |
                             "another RUNS folder in the parameters cell")
         print(f"{out}: already trained, loaded from disk")
         if curves:
-            _show(figures.training_curves({out.name: history(out)}, title=out.name))
+            _show(figures.training_curves({out.name: runs.history(out)}, title=out.name))
     else:
         live = LiveCurves(out.name) if curves else None
         train.train(cfg, out, resume=(out / "last.pt").is_file(), dataset=dataset, on_epoch=live)

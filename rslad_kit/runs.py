@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -79,6 +80,12 @@ def check_writable(folder: str | Path) -> None:
     except OSError as err:
         raise UserError(f"cannot write in {existing} ({os.strerror(err.errno or errno.EACCES)}); "
                         "choose a writable folder or fix its permissions") from err
+
+
+def history(folder: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics of the run in `folder` (its metrics.jsonl; [] before the first epoch)."""
+    path = Path(folder) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
 # --- what produced a result --------------------------------------------------------------------------

@@ -211,7 +211,7 @@ def test_trained_caches_resumes_and_refuses_other_settings(tmp_path):
         train.train(cfg, out, progress=False, on_epoch=stop_after_first_epoch)
     assert not runs.is_finished(out)
     L.train(cfg, "natural")                      # resumes the interrupted run
-    assert [h["epoch"] for h in lab.history(out)] == [1, 2]
+    assert [h["epoch"] for h in runs.history(out)] == [1, 2]
     stamp = (out / "last.pt").stat().st_mtime_ns
     assert not L.train(cfg, "natural").training   # cached: loaded, in eval mode, not retrained
     assert (out / "last.pt").stat().st_mtime_ns == stamp
