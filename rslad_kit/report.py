@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from rslad_kit.plan import BLACK_BOX, SOFT_LABEL_ATTACKS, WHITE_BOX, Plan
-from rslad_kit.stats import Paired, paired
+from rslad_kit.stats import MAX_SEEDS, RESOLUTION, Paired, paired
 from rslad_kit.runs import write_text
 
 ATTACK_NAMES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES", "cw": "CW∞",
@@ -185,24 +185,29 @@ def build_tables(plan: Plan) -> list[Table]:
 # --- summary ---------------------------------------------------------------------------------------
 
 def verdict(d: Paired) -> str:
-    """A claim's verdict in words, from the paired difference better - worse."""
-    if d.mean == 0 and (d.sd in (None, 0)):
+    """A claim's verdict in words, from the paired difference better - worse. Differences below
+    `stats.RESOLUTION` are floating-point residue and count as none."""
+    no_difference = abs(d.mean) < RESOLUTION
+    if no_difference and (d.sd or 0) < RESOLUTION:
         return "tie"
     if d.low is None:
         return "holds on one seed only" if d.mean > 0 else "reversed on one seed only"
     if d.excludes_zero:
         return "holds" if d.mean > 0 else "reversed beyond the seed noise"
-    return "not shown: within the seed noise" + (" (same direction)" if d.mean > 0 else " (reversed)")
+    direction = " (no difference on average)" if no_difference else " (same direction)" if d.mean > 0 else " (reversed)"
+    return "not shown: within the seed noise" + direction
 
 
 def describe(d: Paired) -> str:
-    """The difference, its interval, its seeds, and the seeds a difference of this size needs."""
+    """The difference, its interval, its seeds, and roughly how many seeds a difference of this size needs."""
     text = f"difference {d}"
     if d.missing:
         text += f"; seeds {', '.join(map(str, d.missing))} missing on one side"
     needed = d.seeds_needed()
     if needed is not None and d.low is not None and not d.excludes_zero:
-        text += f"; a difference of this size needs about {needed} seeds to be detected"
+        count = f"more than {MAX_SEEDS:,}" if needed > MAX_SEEDS else f"about {needed}"
+        text += (f"; a difference of this size needs {count} seeds to be detected (rough: sized post hoc "
+                 f"from this difference and the spread of {d.n} seeds)")
     return text
 
 

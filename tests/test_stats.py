@@ -5,8 +5,8 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from rslad_kit.report import verdict
-from rslad_kit.stats import paired, power_margin
+from rslad_kit.report import describe, verdict
+from rslad_kit.stats import MAX_SEEDS, RESOLUTION, Paired, paired, power_margin
 
 A = {0: 45.0, 1: 47.5, 2: 41.0, 3: 50.0, 4: 44.0, 5: 46.0}
 B = {0: 43.0, 1: 44.0, 2: 41.5, 3: 46.0, 4: 43.5, 5: 42.0}
@@ -61,3 +61,52 @@ def test_seeds_needed_grows_as_the_difference_shrinks():
     half = paired({s: v / 2 for s, v in {0: 3.0, 1: -1.0, 2: 2.5, 3: 0.0}.items()}, {s: 0.0 for s in range(4)})
     assert half.seeds_needed() == n    # scale-free: the ratio of mean to spread decides
     assert verdict(wide) == "not shown: within the seed noise (same direction)"
+
+
+# --- seeds_needed stays bounded (a residue of 1e-15 once asked scipy for 1.6e30 seeds) --------------
+
+def _diff(mean: float, sd: float, n: int = 3) -> Paired:
+    return Paired(n, mean, mean - 1.0, mean + 1.0, 0.5, sd)
+
+
+def test_a_floating_point_residue_is_no_difference():
+    d = _diff(1e-15, 3.0)
+    assert d.seeds_needed() is None
+    assert verdict(d) == "not shown: within the seed noise (no difference on average)"
+    assert "needs" not in describe(d)
+
+
+def test_a_difference_below_the_resolution_is_no_difference():
+    assert RESOLUTION > 1e-6 and _diff(1e-6, 3.0).seeds_needed() is None
+    assert _diff(-1e-6, 0.5).seeds_needed() is None
+
+
+def test_no_spread_needs_no_more_than_two_seeds_and_no_difference_needs_none():
+    assert _diff(1.5, 0.0).seeds_needed() == 2
+    assert _diff(1e-15, 0.0).seeds_needed() is None
+    assert verdict(_diff(1e-15, 0.0)) == "tie"
+
+
+def test_a_negative_difference_needs_as_many_seeds_as_its_mirror():
+    assert _diff(-1e-12, 2.0).seeds_needed() is None     # a negative residue is no difference either
+    n = _diff(2.0, 3.0).seeds_needed()
+    assert _diff(-2.0, 3.0).seeds_needed() == n and 2 < n <= MAX_SEEDS
+    assert power_margin(n) * 3.0 / math.sqrt(n) <= 2.0 < power_margin(n - 1) * 3.0 / math.sqrt(n - 1)
+
+
+def test_the_search_stops_at_the_cap_and_the_summary_says_more_than():
+    d = _diff(-0.05, 3.0)         # the normal approximation alone asks for ~28,000 seeds
+    assert d.seeds_needed() == MAX_SEEDS + 1
+    assert "needs more than 10,000 seeds" in describe(d) and "rough" in describe(d)
+    # just under the cap the search still returns a count, and it is the first n that has the power
+    edge = _diff(0.09, 3.0)
+    n = edge.seeds_needed()
+    assert n <= MAX_SEEDS and power_margin(n) * 3.0 / math.sqrt(n) <= 0.09
+
+
+def test_paired_differences_of_pure_residue_are_described_without_a_count():
+    a = {0: 0.1 + 0.2, 1: 52.0, 2: 41.0}
+    b = {0: 0.3, 1: 55.0, 2: 38.0}      # mean difference 5.6e-17: the residue of 0.1 + 0.2
+    d = paired(a, b)
+    assert 0 < abs(d.mean) < 1e-15 and d.sd > 2
+    assert d.seeds_needed() is None and "seeds to be detected" not in describe(d)
