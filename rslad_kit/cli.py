@@ -65,8 +65,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}; pass a positive number")
     checkpoint = models.read_checkpoint(args.checkpoint)
-    if args.json:
-        runs.check_writable(Path(args.json).parent)
 
     device = train.resolve_device(args.device)
     ds = data.load(args.dataset, args.data_root, download=not args.offline)
@@ -244,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_folders(args: argparse.Namespace) -> list[Path]:
+    """Where a command will write: `--out` for every command that has one, and evaluate's `--json`."""
+    folders = [Path(args.out)] if getattr(args, "out", None) else []
+    if getattr(args, "json", None):
+        folders.append(Path(args.json).parent)
+    return folders
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"rslad-kit: warning: {message}\n"
 
@@ -254,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import torch
 
+        from rslad_kit import runs
+
+        for folder in _output_folders(args):   # one line now, before any lock, data or work
+            runs.check_writable(folder)
         torch.set_num_threads(_threads(args.threads))
         args.func(args)
     except UserError as e:

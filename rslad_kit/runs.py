@@ -147,6 +147,7 @@ def lock(folder: str | Path, what: str) -> Iterator[None]:
     the file is removed, and so is the folder if the lock created it and nothing else was written.
     """
     folder = Path(folder)
+    check_writable(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"

@@ -275,6 +275,14 @@ CASES = [
     Case("json-read-only", "evaluate --json into a read-only folder",
          argv="evaluate --model cnn-w4 --dataset digits --attacks clean --checkpoint {tmp}/ok.pt --json {tmp}/ro/row.json",
          prepare=_ok, fault=lambda tmp: read_only(tmp / "ro")),
+    *(Case(f"{command}-out-file", f"{command} --out under a path that is a file", argv=f"{command} --out {{tmp}}/f/x{extra}",
+           prepare=lambda tmp: (tmp / "f").write_text("a file"))
+      for command, extra in (("reproduce", ""), ("teacher-study", ""), ("sweep", " --executor debug"),
+                             ("figures", " --results {tmp}/r/classroom"))),
+    *(Case(f"{command}-out-read-only", f"{command} into a read-only folder", argv=f"{command} --out {{tmp}}/ro/x{extra}",
+           fault=lambda tmp: read_only(tmp / "ro"))
+      for command, extra in (("reproduce", ""), ("teacher-study", ""), ("sweep", " --executor debug"),
+                             ("figures", " --results {tmp}/r/classroom"))),
     Case("disk-full", "a full disk while a checkpoint is saved (the previous one is kept)",
          call=lambda tmp: runs.save({"epoch": 2}, tmp / "run" / "last.pt"),
          prepare=lambda tmp: write_epoch_1(tmp / "run"),
