@@ -1,15 +1,19 @@
-# `make demo`, `make test` and `make lab`. Each creates or reuses .venv.
+# `make demo`, `make test` and `make lab`. Each creates or reuses .venv, installed from requirements.lock.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# How requirements.lock is made (`make lock`): every package, exact versions and hashes, for Python 3.11 on
+# x86_64 Linux, from pyproject.toml (with the dev extra) and the torch pair in requirements.in.
+LOCK   := uv pip compile pyproject.toml requirements.in --extra dev --generate-hashes --python-version 3.11 \
+          --python-platform x86_64-manylinux_2_28
 
 # On a 2-core machine, one BLAS/OpenMP thread per process; AutoAttack is 20-50x slower when
 # threads are oversubscribed. The kit sets torch's own thread count explicitly as well.
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test lab clean
+.PHONY: demo test lab lock check-lock clean
 
 demo: $(STAMP)
 	$(BIN)/rslad-kit reproduce --preset classroom
@@ -24,11 +28,21 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile
 
-$(STAMP): pyproject.toml requirements-pinned.txt
+# The lock is installed with pip's hash checking; the kit itself goes on top, editable, with no deps.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements-pinned.txt
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
+
+# Fails when .venv holds anything other than exactly what requirements.lock pins (CI runs it).
+check-lock: $(STAMP)
+	$(BIN)/pip check
+	$(BIN)/python .ci/lock_matches.py requirements.lock
+
+# Re-resolve every dependency to the newest versions that pyproject.toml and requirements.in allow.
+lock: $(STAMP)
+	$(BIN)/$(LOCK) --upgrade -o requirements.lock
 
 clean:
 	rm -rf $(VENV) results .pytest_cache notebooks/runs
