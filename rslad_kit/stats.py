@@ -59,7 +59,8 @@ class Paired:
 
     @property
     def excludes_zero(self) -> bool:
-        return self.low is not None and (self.low > 0 or self.high < 0)
+        """The 95% interval lies on one side of 0, and the difference is more than residue."""
+        return self.low is not None and abs(self.mean) >= RESOLUTION and (self.low > 0 or self.high < 0)
 
     def seeds_needed(self) -> int | None:
         """Seeds a paired t-test needs to detect a difference of this size (5% level, 80% power).

@@ -110,3 +110,8 @@ def test_paired_differences_of_pure_residue_are_described_without_a_count():
     d = paired(a, b)
     assert 0 < abs(d.mean) < 1e-15 and d.sd > 2
     assert d.seeds_needed() is None and "seeds to be detected" not in describe(d)
+
+
+def test_residue_with_a_residue_spread_is_not_beyond_the_noise():
+    d = Paired(3, 2e-16, 1e-16, 3e-16, 0.01, 5e-17)   # the interval alone would exclude 0
+    assert not d.excludes_zero and verdict(d) == "tie" and d.seeds_needed() is None
