@@ -12,6 +12,11 @@ from typing import Any, Sequence
 
 from rslad_kit.errors import UserError
 
+# What `rslad-kit --help` says the tool is for.
+DESCRIPTION = """Adversarial robustness distillation (RSLAD, ICCV'21): train students and teachers with every
+method of the paper's Table 1, evaluate them under the paper's attacks, and rebuild its tables and
+figures, on a laptop CPU (the classroom preset) or on GPUs (cifar10 / cifar100)."""
+
 
 def _threads(value: str | None) -> int:
     """Torch's CPU thread count, set deliberately: oversubscription slows AutoAttack 20-50x."""
@@ -150,49 +155,58 @@ def cmd_teacher_study(args: argparse.Namespace) -> None:
         print(f"results and figure4_teacher_study.png/.pdf in {folder}")
 
 
+def _one_of(names) -> str:
+    return "one of: " + ", ".join(names)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rslad-kit", description=__doc__)
+    from rslad_kit import __version__, config, data, evaluate, losses, models
+
+    presets, methods = _one_of(config.PRESETS), _one_of(losses.METHODS)
+    parser = argparse.ArgumentParser(prog="rslad-kit", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"rslad-kit {__version__}")
     parser.add_argument("--threads", help="torch CPU threads (default: $OMP_NUM_THREADS, else all cores)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("evaluate", help="robust accuracy of a checkpoint under the paper's attacks")
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--dataset", required=True)
-    ev.add_argument("--data-root", default="data")
-    ev.add_argument("--attacks", default="clean,fgsm,pgd_sat,pgd_trades,cw,autoattack")
-    ev.add_argument("--eps", type=float, default=8 / 255)
+    ev.add_argument("--model", required=True, help=f"the checkpoint's architecture, {_one_of(models.MODELS)}")
+    ev.add_argument("--checkpoint", required=True, help="a .pt file (read with weights_only=True)")
+    ev.add_argument("--dataset", required=True, help=_one_of(data.DATASETS))
+    ev.add_argument("--data-root", default="data", help="where CIFAR is (or is downloaded to); default: data")
+    ev.add_argument("--attacks", default="clean,fgsm,pgd_sat,pgd_trades,cw,autoattack",
+                    help=f"comma-separated, {_one_of(evaluate.ATTACKS)} (default: the paper's six)")
+    ev.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget on the [0,1] pixel scale (default 8/255)")
     ev.add_argument("--n", type=int, help="evaluate the first N test images")
-    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--batch-size", type=int, default=500, help="images per attack batch (default 500)")
     ev.add_argument("--surrogate", help="checkpoint for transfer_pgd / transfer_cw")
     ev.add_argument("--surrogate-model", help="architecture of a bare surrogate state dict")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
     ev.add_argument("--offline", action="store_true", help="never download data")
     ev.add_argument("--json", help="write the results row here (AutoAttack then keeps its progress beside it, "
                                    "so an interrupted evaluation resumes when rerun)")
     ev.set_defaults(func=cmd_evaluate)
 
     tr = sub.add_parser("train", help="train one student (or teacher) with one method")
-    tr.add_argument("--preset", required=True)
-    tr.add_argument("--method", required=True)
-    tr.add_argument("--out", required=True)
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--seed", type=int)
+    tr.add_argument("--preset", required=True, help=presets)
+    tr.add_argument("--method", required=True, help=f"a row of Table 1, {methods}")
+    tr.add_argument("--out", required=True, help="the run folder (best.pt, last.pt, metrics.jsonl)")
+    tr.add_argument("--epochs", type=int, help="default: the preset's")
+    tr.add_argument("--seed", type=int, help="initialisation and data order (default: the preset's)")
     tr.add_argument("--teacher", help="checkpoint, robustbench:<name>, or a run folder / run name")
     tr.add_argument("--teacher-model", help="architecture of a bare teacher state dict")
-    tr.add_argument("--device")
-    tr.add_argument("--data-root")
+    tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    tr.add_argument("--data-root", help="where CIFAR is (or is downloaded to)")
     tr.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override any config field, e.g. --set lr=0.05 --set attack.eps=0.1")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.set_defaults(func=cmd_train)
 
     rp = sub.add_parser("reproduce", help="build the paper's tables (default: the classroom preset)")
-    rp.add_argument("--preset", default="classroom")
-    rp.add_argument("--out", default="results")
+    rp.add_argument("--preset", default="classroom", help=f"{presets} (default: classroom)")
+    rp.add_argument("--out", default="results", help="results go in OUT/<preset> (default: results)")
     rp.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
-    rp.add_argument("--data-root", default="data")
-    rp.add_argument("--device", default="auto")
+    rp.add_argument("--data-root", default="data", help="where CIFAR is (or is downloaded to); default: data")
+    rp.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or mps")
     rp.add_argument("--full", action="store_true",
                     help="lift the preset's CPU budget: every seed and checkpoint gets every attack")
     rp.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
@@ -204,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="run a reproduce plan's or a teacher ladder's tasks as submitit jobs "
                                       "(local or Slurm)")
-    sw.add_argument("--preset", default="classroom")
+    sw.add_argument("--preset", default="classroom", help=f"{presets} (default: classroom)")
     sw.add_argument("--study", default="reproduce", help="reproduce (the tables) or teacher (the teacher ladder)")
-    sw.add_argument("--out", default="results")
+    sw.add_argument("--out", default="results", help="results go in OUT/<preset> (default: results)")
     sw.add_argument("--executor", default="local", help="local (processes here), slurm, or debug (this process)")
     sw.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
     sw.add_argument("--full", action="store_true", help="lift the preset's CPU budget")
@@ -216,14 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--gpus-per-job", type=int, help="default: 1 on Slurm, 0 locally")
     sw.add_argument("--parallel", type=int, default=4, help="jobs running at once")
     sw.add_argument("--threads-per-job", type=int, default=1, help="torch CPU threads in each job")
-    sw.add_argument("--data-root", default="data")
-    sw.add_argument("--device", default="auto")
+    sw.add_argument("--data-root", default="data", help="where CIFAR is (or is downloaded to); default: data")
+    sw.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or mps")
     sw.set_defaults(func=cmd_sweep)
 
     fg = sub.add_parser("figures", help="every figure of a finished reproduce folder, as PNG and PDF")
     fg.add_argument("--results", default="results/classroom", help="a reproduce folder, results/<preset>")
-    fg.add_argument("--out", default="figures")
-    fg.add_argument("--data-root", default="data")
+    fg.add_argument("--out", default="figures", help="where the PNG and PDF files go (default: figures)")
+    fg.add_argument("--data-root", default="data", help="where CIFAR is; default: data")
     fg.add_argument("--images", type=int, default=200, help="test images for Figure 2's maps and similarity")
     fg.add_argument("--against", choices=("teacher", "each"), default="teacher",
                     help="Figure 2's adversarial examples: against the teacher (the same images for every "
@@ -234,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--preset", default="classroom", help="classroom, cifar10 (or smoke)")
     ts.add_argument("--out", default="results", help="the study goes in OUT/<preset>-teacher-study")
     ts.add_argument("--seeds", type=int, help="students per teacher (default: the ladder's)")
-    ts.add_argument("--data-root", default="data")
-    ts.add_argument("--device", default="auto")
+    ts.add_argument("--data-root", default="data", help="where CIFAR is (or is downloaded to); default: data")
+    ts.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or mps")
     ts.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
     ts.add_argument("--workers-per-gpu", type=int, metavar="N", help="N runs at once on every GPU (as for reproduce)")
     ts.set_defaults(func=cmd_teacher_study)
@@ -250,13 +264,16 @@ def _output_folders(args: argparse.Namespace) -> list[Path]:
     return folders
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"rslad-kit: warning: {message}\n"
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning is one line, written above any progress bar instead of through it."""
+    from tqdm import tqdm
+
+    tqdm.write(f"rslad-kit: warning: {message}", file=file or sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning   # a warning is one line too, without source excerpts
+    warnings.showwarning = _show_warning   # a warning is one line too, without source excerpts
     try:
         import torch
 

@@ -1,13 +1,17 @@
 """The `rslad-kit` command: evaluate end to end, presets, and one-line errors."""
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
+import rslad_kit
+from rslad_kit import cli as cli_module
 from rslad_kit import config, models, train
 from rslad_kit.losses import METHODS
 
@@ -95,3 +99,51 @@ def test_every_preset_builds_a_valid_config_for_every_method(name, method):
     cfg = config.preset(name, method, teacher="t" if METHODS[method].needs_teacher else None)
     train.check_config(cfg)
     assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+# --- a command line that explains itself ---------------------------------------------------------------
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    parser = cli_module.build_parser()
+    commands = {"rslad-kit": parser, **_subparsers(parser)}
+    bare = [f"{name} {'/'.join(a.option_strings)}" for name, p in commands.items() for a in p._actions
+            if a.option_strings and not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not bare, f"options without help: {bare}"
+
+
+def test_train_help_lists_the_presets_and_methods(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert all(name in out for name in config.PRESETS) and all(name in out for name in METHODS)
+
+
+def test_version_and_what_the_tool_is_for(capsys):
+    with pytest.raises(SystemExit):
+        cli_module.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"rslad-kit {rslad_kit.__version__}"
+    with pytest.raises(SystemExit):
+        cli_module.main(["--help"])
+    out = capsys.readouterr().out
+    assert "No logic lives here" not in out and "Table 1" in out
+
+
+def test_a_warning_is_one_line_above_the_progress_bar(capsys, monkeypatch, tmp_path):
+    from tqdm import tqdm
+
+    def warn(args):
+        warnings.warn("the CIFAR copy differs from the official release", UserWarning)
+    written = []
+    monkeypatch.setattr(cli_module, "cmd_figures", warn)
+    monkeypatch.setattr(tqdm, "write", classmethod(lambda cls, s, file=None, **kw: written.append(s) or print(s, file=file)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli_module.main(["figures", "--out", str(tmp_path)]) == 0
+    assert written == ["rslad-kit: warning: the CIFAR copy differs from the official release"]   # tqdm clears its bar first
+    assert capsys.readouterr().err == written[0] + "\n"
