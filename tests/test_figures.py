@@ -39,10 +39,14 @@ def tiny():
 def test_attention_maps_has_a_row_per_model_and_two_maps_per_image(tiny):
     _, _, _, maps = tiny
     fig = rendered(figures.attention_maps(maps, images=3))
-    assert len(fig.axes) == 3 * 6
-    assert titles(fig)[:6] == ["#1 Grad-CAM", "#1 SmoothGrad", "#2 Grad-CAM", "#2 SmoothGrad",
-                               "#3 Grad-CAM", "#3 SmoothGrad"]
+    assert len(fig.axes) == 3 * 6 + 1   # and the colour scale
+    assert titles(fig)[:6] == ["Grad-CAM (image 1)", "SmoothGrad (image 1)", "Grad-CAM (image 2)",
+                               "SmoothGrad (image 2)", "Grad-CAM (image 3)", "SmoothGrad (image 3)"]
     assert [fig.axes[6 * r].get_ylabel() for r in range(3)] == ["Teacher", "ARD", "RSLAD"]
+    panel = fig.axes[1]   # SmoothGrad over the adversarial image, both on one [0, 1] scale
+    assert torch.allclose(torch.as_tensor(panel.images[0].get_array()), maps["teacher"]["x_adv"][0, 0])
+    assert panel.images[1].get_clim() == (0, 1) and panel.images[1].get_array().max() == pytest.approx(1)
+    assert "influence" in fig.axes[-1].get_ylabel()
 
 
 def test_map_similarity_has_one_bar_per_student_in_each_map_panel(tiny):
