@@ -231,6 +231,8 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], *, title:
         c = color(next((part for part in re.split(r"[- ]", label) if part in COLORS), label))
         epochs = [r["epoch"] for r in records]
         terms = [k for k in records[0] if k not in _NOT_LOSS] if records else []
+        if len(terms) == 2 and "loss" in terms:   # one term (SAT's ce_adv): the loss is that term, drawn once
+            terms.remove("loss")
         for term, ls in zip(terms, ["-", "--", ":", "-."] * 3):
             ax.plot(epochs, [r.get(term, np.nan) for r in records], ls, color=c, label=term)
         ax.set(title=f"{label}: loss terms", xlabel="epoch", ylabel="loss")

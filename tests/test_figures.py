@@ -118,7 +118,10 @@ def test_training_curves_show_each_runs_loss_terms_and_overlay_validation():
     assert titles(fig) == ["cnn-w4-sat-s0: loss terms", "cnn-w4-rslad-s0: loss terms", "validation: clean",
                            "validation: PGD_TRADES"]
     assert [ax.get_xlabel() for ax in fig.axes] == ["epoch"] * 4
-    assert [line.get_label() for line in fig.axes[1].lines] == ["loss", "kl"]
+    assert [line.get_label() for line in fig.axes[1].lines] == ["kl"]   # one term: the loss is that term
+    two_terms = [{"epoch": 1, "loss": 3.0, "kl_nat": 1.0, "kl_adv": 2.0}]
+    fig = rendered(figures.training_curves({"rslad": two_terms}))
+    assert [line.get_label() for line in fig.axes[0].lines] == ["loss", "kl_nat", "kl_adv"]
     assert len(fig.axes[3].lines) == 2 and fig.axes[3].lines[1].get_color() == figures.COLORS["rslad"]
 
 
