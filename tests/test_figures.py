@@ -119,10 +119,10 @@ def test_training_curves_show_each_runs_loss_terms_and_overlay_validation():
                            "validation: PGD_TRADES"]
     assert [ax.get_xlabel() for ax in fig.axes] == ["epoch"] * 4
     assert [line.get_label() for line in fig.axes[1].lines] == ["kl"]   # one term: the loss is that term
-    two_terms = [{"epoch": 1, "loss": 3.0, "kl_nat": 1.0, "kl_adv": 2.0}]
-    fig = rendered(figures.training_curves({"rslad": two_terms}))
-    assert [line.get_label() for line in fig.axes[0].lines] == ["loss", "kl_nat", "kl_adv"]
     assert len(fig.axes[3].lines) == 2 and fig.axes[3].lines[1].get_color() == figures.COLORS["rslad"]
+    two_terms = [{"epoch": 1, "loss": 3.0, "kl_nat": 1.0, "kl_adv": 2.0}]
+    two = rendered(figures.training_curves({"rslad": two_terms}))
+    assert [line.get_label() for line in two.axes[0].lines] == ["loss", "kl_nat", "kl_adv"]
 
 
 def test_robust_vs_clean_has_a_point_per_method_with_seed_error_bars():
