@@ -52,18 +52,139 @@ def test_notebook_is_committed_clean_with_a_ci_parameters_cell(path):
 
 
 def test_every_exercise_has_a_solution_and_every_solution_an_exercise():
-    shown = {key for path in NOTEBOOKS for c in cells(path)
-             for key in re.findall(r'solutions\.show\("([^"]+)"\)', source(c))}
-    assert shown == set(solutions.SOLUTIONS)
-    for key in shown:
+    asked = {key for path in NOTEBOOKS for c in cells(path)
+             for key in re.findall(r'solutions\.predict\("([^"]+)"', source(c))}
+    assert asked == set(solutions.SOLUTIONS)
+    for key in asked:
         notebook = next(p for p in NOTEBOOKS if p.stem.startswith(key.split(".")[0]))
         prompts = "".join(source(c) for c in cells(notebook, "markdown"))
         assert f"Exercise {key}" in prompts, f"{key}: the notebook asks for a prediction first"
+    assert not any("solutions.show" in source(c) for path in NOTEBOOKS for c in cells(path)), \
+        "an answer reaches the page only through a prediction's reveal"
 
 
 def test_an_unknown_solution_is_a_user_error():
     with pytest.raises(UserError, match="no solution"):
-        solutions.show("99.9")
+        solutions.predict("99.9", "?")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_notebook_asks_to_delete_folders_or_interrupt_the_kernel(path):
+    text = " ".join(source(c) for c in cells(path, "markdown")).lower()
+    assert not re.search(r"delete (the |that )?(folder|`?runs)|interrupt the kernel", text)
+
+
+# --- predictions that bind, and code that students write -----------------------------------------------
+
+def shown(outputs):
+    return "".join(str(data) for o in outputs for data in (o.get("data", {}), o.get("text", "")))
+
+
+def test_an_answer_waits_for_the_experiment_and_for_a_locked_prediction(monkeypatch):
+    monkeypatch.delenv(solutions.AUTO_PREDICT, raising=False)
+    displayed = []
+    monkeypatch.setattr(solutions, "display", lambda *objs: displayed.extend(objs))
+    ask = solutions.predict("04.1", "RSLAD against SAT", ["RSLAD ahead", "tie", "SAT ahead"])
+    answer = solutions.SOLUTIONS["04.1"][:40]
+    ask.lock()                                   # locked, but no experiment yet: nothing shown
+    assert ask.locked == "RSLAD ahead" and ask.input.disabled and displayed == []
+    ask.reveal({"RSLAD": 41.0, "SAT": 42.5})
+    table = displayed[-1].data
+    assert answer in table and "RSLAD ahead" in table and "RSLAD: 41.0; SAT: 42.5" in table
+
+    displayed.clear()
+    late = solutions.predict("00.1", "PGD accuracy, %")
+    late.reveal(3.0)                             # the experiment ran, no prediction: no answer, a hint
+    assert not any(solutions.SOLUTIONS["00.1"][:40] in str(getattr(d, "data", "")) for d in displayed)
+    late.input.value = 10.0
+    late.button.click()                          # locking in afterwards shows it, under the experiment
+    assert late.output.outputs or late.locked == 10.0
+
+
+def test_a_button_reveals_its_answer_after_its_step(monkeypatch):
+    monkeypatch.setenv(solutions.AUTO_PREDICT, "1")
+    events = []
+    ask = solutions.predict("05.2", "NSL against RSL", ["NSL below RSL", "about equal"])
+    monkeypatch.setattr(ask, "reveal", lambda result: events.append(("reveal", result)))
+    button = lab.RunButton("train", lambda: events.append(("step", None)) or "table", reveal=ask)
+    assert events == []                          # Run All: nothing until clicked
+    button.button.click()
+    assert events == [("step", None), ("reveal", "table")]
+
+
+def pgd_step(model, x, y, eps, step_size):
+    x_adv = x.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x_adv), y), x_adv)
+    return torch.min(torch.max(x + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
+
+
+def rslad_loss(s_nat, s_adv, t_nat, alpha):
+    p_t = torch.softmax(t_nat, dim=1)
+    kl = lambda s: torch.nn.functional.kl_div(torch.log_softmax(s, dim=1), p_t, reduction="batchmean")  # noqa: E731
+    return (1 - alpha) * kl(s_nat) + alpha * kl(s_adv)
+
+
+def entropy(p):
+    return -(p * p.log()).sum(dim=1)
+
+
+@pytest.mark.parametrize("name, right, wrong, message", [
+    ("pgd_step", pgd_step, lambda m, x, y, eps, step: (x + step * torch.ones_like(x)).clamp(0, 1), "differs at input 0"),
+    ("rslad_loss", rslad_loss, lambda s_nat, s_adv, t_nat, alpha: rslad_loss(s_nat, s_adv, t_nat, 1 - alpha),
+     "differs at input 0, element ()"),
+    ("entropy", entropy, lambda p: -(p * p.log()).sum(dim=0), "differs in shape"),
+])
+def test_a_code_exercise_is_checked_against_the_kit(name, right, wrong, message, capsys):
+    reference = solutions.EXERCISES[name].reference
+    assert solutions.check(name, right) is right and "correct" in capsys.readouterr().out
+    assert solutions.check(name, wrong) is reference                        # later cells get the kit's
+    assert message in capsys.readouterr().out
+
+    def blank(*args):
+        ...   # a student's empty cell
+
+    assert solutions.check(name, blank) is reference and "not attempted" in capsys.readouterr().out
+    assert solutions.compare(solutions.EXERCISES[name], lambda *a: 1 / 0).startswith("raised ZeroDivisionError")
+
+
+def test_a_pgd_step_without_its_projection_does_not_pass():
+    unprojected = lambda m, x, y, eps, step: pgd_step(m, x, y, eps=1.0, step_size=step)  # noqa: E731
+    assert solutions.compare(solutions.EXERCISES["pgd_step"], unprojected).startswith("differs")
+
+
+def executed(path, monkeypatch):
+    """The notebook run as CI runs it (nbmake, its parameters cell's smoke mocks), every prediction
+    locked in, so that every answer not behind a button reaches the outputs."""
+    nb_run = pytest.importorskip("nbmake.nb_run")
+    monkeypatch.setenv(solutions.AUTO_PREDICT, "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = nb_run.NotebookRun(path, 600).execute()
+    assert result.error is None, result.error and result.error.summary
+    return result.nb.cells
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_run_all_never_shows_an_answer_before_its_experiment(path, monkeypatch):
+    """Every answer appears after its experiment's output, never before; one behind a button not at all
+    (Run All does not press buttons); a code exercise left blank runs the kit's solution."""
+    nb = executed(path, monkeypatch)
+    code_cells = [i for i, c in enumerate(nb) if c.cell_type == "code"]
+    for i in code_cells:
+        for key in re.findall(r'solutions\.predict\("([^"]+)"', nb[i].source):
+            reveal = next(j for j in code_cells if j > i and "reveal" in nb[j].source)
+            answer = solutions.SOLUTIONS[key].splitlines()[0][:40]
+            before = [j for j in code_cells if j < reveal and answer in shown(nb[j].outputs)]
+            assert not before, f"{key}: the answer is shown in cell {before[0]}, before its experiment"
+            if "RunButton" in nb[reveal].source:
+                assert answer not in shown(nb[reveal].outputs), f"{key}: answered before its button ran"
+                continue
+            experiment = [j for j in code_cells if i < j < reveal]
+            assert experiment and any(nb[j].outputs for j in experiment), f"{key}: no experiment output"
+            assert answer in shown(nb[reveal].outputs), f"{key}: the answer never appears"
+    for i in code_cells:
+        if "solutions.check(" in nb[i].source:   # the student's cell, as committed: left blank
+            assert "not attempted" in shown(nb[i].outputs) and "kit's solution" in shown(nb[i].outputs)
 
 
 def test_a_figure_from_the_figures_module_shows_as_an_image_in_a_kernel(tmp_path):
@@ -155,7 +276,7 @@ def test_map_explorer_redraws_the_maps_of_the_chosen_image_attack_and_models(dig
     explorer.against.value = "each"
     assert not torch.equal(explorer.maps["teacher"]["x_adv"], explorer.maps["rslad"]["x_adv"])
     explorer.shown.value = ("teacher", "sat")
-    assert list(explorer.maps) == ["teacher", "sat"] and len(explorer.figure.axes) == 4
+    assert list(explorer.maps) == ["teacher", "sat"] and len(explorer.figure.axes) == 4 + 1   # and the colour scale
     explorer.shown.value = ()
     assert explorer.figure is None
 
@@ -200,7 +321,7 @@ def test_soft_label_students_differ_only_in_their_soft_labels():
     assert lab.Lab("cifar10", Path("runs")).arch("teacher") == "wrn-34-10"
 
 
-def test_trained_caches_resumes_and_refuses_other_settings(tmp_path):
+def test_trained_caches_and_resumes(tmp_path):
     L = lab.setup("smoke", runs=tmp_path, threads=1)
     cfg = L.config("natural", epochs=2)
     out = tmp_path / "smoke" / "natural"
@@ -217,7 +338,27 @@ def test_trained_caches_resumes_and_refuses_other_settings(tmp_path):
     assert not L.train(cfg, "natural").training   # cached: loaded, in eval mode, not retrained
     assert (out / "last.pt").stat().st_mtime_ns == stamp
     with pytest.raises(UserError, match="other settings"):
-        L.train(L.config("natural", epochs=2, lr=0.05), "natural")
+        lab.trained(L.config("natural", epochs=1), out)   # a folder never holds two configs
+
+
+def test_changing_a_parameter_trains_its_own_run_and_keeps_the_others(tmp_path):
+    """No trap between notebooks: a notebook with another EPOCHS trains (or reuses) runs of its own,
+    students included, and the default runs stay where the next notebook finds them."""
+    full = lab.setup("smoke", runs=tmp_path, threads=1)
+    full.train(full.config("rslad"), "rslad")
+    short = lab.Lab("smoke", tmp_path, epochs=1)
+    short.train(short.config("rslad"), "rslad")
+    folders = sorted(p.name for p in (tmp_path / "smoke").iterdir())
+    assert len(folders) == 4 and folders[:1] == ["rslad"] and folders[2:3] == ["teacher"]
+    (rslad_1,), (teacher_1,) = ([f for f in folders if f.startswith(n + "-")] for n in ("rslad", "teacher"))
+    assert [h["epoch"] for h in runs.history(tmp_path / "smoke" / teacher_1)] == [1]
+    student = runs.checkpoint_info(tmp_path / "smoke" / rslad_1 / "last.pt")["meta"]["config"]
+    assert student["teacher"] == teacher_1 and student["epochs"] == 1   # distilled from its own teacher
+    assert full.cached(full.config("rslad"), "rslad") and short.cached(short.config("rslad"), "rslad")
+    assert full.folder(full.config("rslad"), "rslad") == tmp_path / "smoke" / "rslad"
+    stamp = (tmp_path / "smoke" / "rslad" / "last.pt").stat().st_mtime_ns
+    full.train(full.config("rslad"), "rslad")    # back to the default: reused, not retrained
+    assert (tmp_path / "smoke" / "rslad" / "last.pt").stat().st_mtime_ns == stamp
 
 
 def test_loss_terms_do_not_step_the_student():
