@@ -183,7 +183,7 @@ class Prediction:
                     self.output)
 
     def _answer(self) -> Markdown:
-        result = "see the output above" if self.result is None else _brief(self.result)
+        result = _brief(self.result)
         return Markdown(f"| exercise {self.key} | |\n|---|---|\n| {self.question}: you predicted | "
                         f"{self.locked} |\n| this run | {result} |\n\n{SOLUTIONS[self.key]}")
 
@@ -198,12 +198,15 @@ def predict(key: str, question: str, choices: list[str] | None = None) -> Predic
 
 
 def _brief(result: Any) -> str:
-    """A result in one table cell: a number, a short text, or `{name: number}` pairs."""
+    """A result in one table cell: a number, a short text, `{name: number}` pairs, or a pointer to the
+    output above for anything else (a table, a figure)."""
     if isinstance(result, dict):
         return "; ".join(f"{k}: {_brief(v)}" for k, v in result.items())
     if isinstance(result, float):
         return f"{result:.1f}"
-    return str(getattr(result, "data", result)).replace("\n", " ").replace("|", "/")
+    if isinstance(result, (int, str)):
+        return str(result).replace("\n", " ").replace("|", "/")
+    return "see the output above"
 
 
 # --- code that students write ------------------------------------------------------------------------
