@@ -7,13 +7,14 @@ should when a control changes.
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from rslad_kit import UserError, attacks, lab, models, runs, solutions, train
+from rslad_kit import UserError, attacks, lab, losses, models, runs, solutions, train
 from rslad_kit.config import preset
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
@@ -279,6 +280,63 @@ def test_map_explorer_redraws_the_maps_of_the_chosen_image_attack_and_models(dig
     assert list(explorer.maps) == ["teacher", "sat"] and len(explorer.figure.axes) == 4 + 1   # and the colour scale
     explorer.shown.value = ()
     assert explorer.figure is None
+
+
+def test_alpha_slider_redraws_rslads_weighted_terms():
+    g = torch.Generator().manual_seed(0)
+    s_nat, s_adv, t_nat = (torch.randn(16, 10, generator=g) for _ in range(3))
+    explorer = lab.AlphaExplorer(s_nat, s_adv, t_nat)
+    kl_nat, kl_adv = (losses.kl(s, torch.softmax(t_nat, 1)).item() for s in (s_nat, s_adv))
+    for alpha in (5 / 6, 0.25, 0.0):
+        explorer.slider.value = alpha
+        assert explorer.terms["kl_nat"] == pytest.approx((1 - alpha) * kl_nat, rel=1e-5)
+        assert explorer.terms["kl_adv"] == pytest.approx(alpha * kl_adv, abs=1e-7)
+        bars = [b.get_height() for b in explorer.figure.axes[0].patches]
+        assert bars == pytest.approx([explorer.terms["kl_nat"], explorer.terms["kl_adv"], kl_nat * (1 - alpha) + kl_adv * alpha])
+
+
+def test_temperature_and_smoothing_sliders_redraw_the_soft_labels_and_their_entropy():
+    t_logits, y = torch.tensor([[4.0, 1.0, 0.0], [0.0, 3.0, 0.5]]), torch.tensor([0, 2])
+    explorer = lab.SoftLabelExplorer(t_logits, y, ["a", "b", "c"])
+    teacher_h = lambda: next(v for k, v in explorer.entropies.items() if k.startswith("teacher"))  # noqa: E731
+    smooth_h = lambda: next(v for k, v in explorer.entropies.items() if k.startswith("smoothing"))  # noqa: E731
+    cold = teacher_h()
+    explorer.tau.value = 10.0                     # a hot softmax: towards uniform
+    assert teacher_h() > cold and teacher_h() < math.log(3)
+    explorer.smoothing.value = 0.0                # a one-hot label
+    assert smooth_h() == pytest.approx(0.0)
+    explorer.smoothing.value = 1.0                # uniform
+    assert smooth_h() == pytest.approx(math.log(3))
+    explorer.image.value = 1                      # image 1's true class (2) is the one drawn green
+    heights = [b.get_height() for b in explorer.figure.axes[1].patches]
+    assert heights == pytest.approx([1 / 3] * 3)
+    assert explorer.figure.axes[1].patches[2].get_facecolor() != explorer.figure.axes[1].patches[0].get_facecolor()
+
+
+def test_teacher_picker_shows_the_chosen_rung_and_its_region():
+    study = {"attack": "pgd_trades", "underfitting": ["cnn-w4"], "saturation": ["cnn-w32"], "best": "cnn-w16",
+             "rows": [{"teacher": t, "params": 1000 * k, "teacher_robust": r, "student_robust": s}
+                      for k, (t, r, s) in enumerate([("cnn-w4", 30.0, [35.0, 37.0]), ("cnn-w16", 60.0, [44.0, None]),
+                                                     ("cnn-w32", 70.0, [40.0, 42.0])], 1)]}
+    picker = lab.TeacherPicker(study)
+    assert "| the teacher | 30.0 |" in picker.text and "| teacher − student | -6.0 |" in picker.text
+    assert "robust underfitting" in picker.text
+    picker.teacher.value = "cnn-w16"
+    assert "(1 seed(s), mean) | 44.0 |" in picker.text and "the best teacher" in picker.text
+    picker.teacher.value = "cnn-w32"
+    assert "robust saturation" in picker.text
+
+
+def test_one_by_one_counts_what_it_runs(monkeypatch):
+    updates = []
+
+    class Handle:
+        def update(self, obj):
+            updates.append(obj.data)
+
+    monkeypatch.setattr(lab, "display", lambda *a, **k: Handle())
+    assert list(lab.one_by_one(["trades", "mart"])) == ["trades", "mart"]
+    assert updates == ["*training 1 of 2: trades*", "*training 2 of 2: mart*", "*training: 2 of 2 done*"]
 
 
 def test_map_explorer_needs_the_teacher(digits):
