@@ -1,6 +1,7 @@
-"""What the classroom notebooks share: one parameters convention for both scales, cached runs,
-training with live curves, the eps and attention-map explorers, the reduced teacher study, and a
-button for expensive steps.
+"""What the classroom notebooks share: one parameters convention for both scales, cached runs (one
+folder per config), training with live curves, the widgets (the eps, attention-map, alpha, soft-label
+and teacher explorers), the reduced teacher study, and a button for expensive steps that reveals its
+exercise's answer after it runs (`solutions`).
 
 Every notebook starts with a cell tagged `parameters`:
 

@@ -99,7 +99,8 @@ def test_an_answer_waits_for_the_experiment_and_for_a_locked_prediction(monkeypa
     assert not any(solutions.SOLUTIONS["00.1"][:40] in str(getattr(d, "data", "")) for d in displayed)
     late.input.value = 10.0
     late.button.click()                          # locking in afterwards shows it, under the experiment
-    assert late.output.outputs or late.locked == 10.0
+    assert late.locked == 10.0 and solutions.SOLUTIONS["00.1"][:40] in displayed[-1].data
+    assert "| this run | 3 |" not in displayed[-1].data and "| this run | 3.0 |" in displayed[-1].data
 
 
 def test_a_button_reveals_its_answer_after_its_step(monkeypatch):
