@@ -54,19 +54,22 @@ than the one the paper reports. (The kit's digits models carry no normalisation,
 students and the TRADES teacher; the CIFAR models that do carry it inside.) Keep tensors in [0, 1]; the
 kit refuses anything else (`UserError: inputs must lie in [0,1]`).""",
     "02.1": """**Which objective leaves the least accuracy?** FGSM (one step) is the weakest, so it leaves
-the most. PGD-20 on cross-entropy and PGD-20 on the CW margin are close, the CW margin often slightly
-stronger on robust models because its loss does not saturate. PGD-KL ranks with FGSM or between FGSM
-and PGD-CE: it never reads y and pushes the prediction away from the model's own clean output, so on
-images the model already gets wrong it has nothing to do, and it aims at *any* change of the output
-rather than at the true class. It is an attack for *training* (TRADES, RSLAD), not the one to report.""",
+the most. PGD-20 on cross-entropy is stronger, and PGD-20 on the CW margin usually stronger still on
+robust models, because its loss does not saturate (on the digits teacher the gap can be ten points).
+PGD-KL ranks with FGSM or between FGSM and PGD-CE: it never reads y and pushes the prediction away from
+the model's own clean output, so on images the model already gets wrong it has nothing to do, and it
+aims at *any* change of the output rather than at the true class. It is an attack for *training*
+(TRADES, RSLAD), not the one to report.""",
     "02.2": """**Sliding ε.** The natural model loses almost every image at small ε; the robust teacher
 degrades gradually. Look at the perturbation for the robust model: it tends to look like strokes of
 another digit (perceptually aligned gradients), while the natural model's perturbation looks like noise.
 Note `max |x' - x|` never exceeds ε: the attack projects onto the ball.""",
-    "02.3": """**AutoAttack versus PGD.** AutoAttack takes, for each image, the worst of four attacks
-(APGD-CE, APGD-T, FAB-T, Square), so its accuracy is at most PGD's up to noise from its random starts,
-and usually a little lower. A large gap, or Square beating the gradient attacks, is the sign of gradient
-masking: `evaluate` warns about it.""",
+    "02.3": """**AutoAttack versus PGD.** Below, and on the digits teacher often well below: AutoAttack takes,
+for each image, the worst of four attacks (APGD-CE, APGD-T, FAB-T, Square), while PGD_TRADES' 20 small
+steps (about 0.1·ε each) explore little of a ball as large as ε = 0.2 (CW∞ above is already lower). On 40
+images one image is 2.5 points. A large gap alone says PGD_TRADES is a weak attack here; the sign of
+gradient masking is the black-box Square doing better than the gradient attacks, which `evaluate` warns
+about in `warnings`.""",
     "03.1": """**Shuffled labels.** The RSLAD terms do not change at all: RSLAD reads no hard label, neither
 in its loss nor in its attack (the attack maximises KL to T(x)). SAT's term changes, because both its
 loss and its attack read y.""",
