@@ -151,8 +151,10 @@ class Lab:
         kind = cfg.teacher
         if kind not in ("teacher", "teacher-natural") or not train.needs_teacher(cfg):
             return cfg
-        teacher_cfg = self.teacher_config(kind)
-        return replace(cfg, teacher=self.folder(teacher_cfg, kind).name) if not isinstance(teacher_cfg, str) else cfg
+        recipe = self.teacher_config(kind)
+        if isinstance(recipe, str):   # a RobustBench teacher: a file, not a run folder
+            return cfg
+        return replace(cfg, teacher=self.folder(recipe, kind).name)
 
     def cached(self, cfg: config.TrainConfig, name: str) -> bool:
         """Whether the run of `cfg` called `name` has finished (an earlier notebook trained it)."""
@@ -177,7 +179,7 @@ class Lab:
         """`trained` in `folder(cfg, name)`; trains this scale's teacher first when `cfg` reads it."""
         if cfg.teacher in ("teacher", "teacher-natural") and train.needs_teacher(cfg):
             self.teacher(cfg.teacher)
-            cfg = self.resolve(cfg)
+        cfg = self.resolve(cfg)
         return trained(cfg, self.folder(cfg, name), dataset=self.dataset(), curves=curves).to(self.device)
 
 
