@@ -522,7 +522,10 @@ class RunButton:
 
 def one_by_one(names: list[str], what: str = "training") -> Iterator[str]:
     """Yield `names` in turn under a status line "training 2 of 4: mart" that updates in place, so a
-    step that runs several things says how far it is."""
+    step that runs several things says how far it is (one thing needs no count: no line)."""
+    if len(names) < 2:
+        yield from names
+        return
     handle = display(Markdown(""), display_id=True)
     for k, name in enumerate(names, 1):
         handle.update(Markdown(f"*{what} {k} of {len(names)}: {name}*"))

@@ -338,6 +338,8 @@ def test_one_by_one_counts_what_it_runs(monkeypatch):
     monkeypatch.setattr(lab, "display", lambda *a, **k: Handle())
     assert list(lab.one_by_one(["trades", "mart"])) == ["trades", "mart"]
     assert updates == ["*training 1 of 2: trades*", "*training 2 of 2: mart*", "*training: 2 of 2 done*"]
+    updates.clear()
+    assert list(lab.one_by_one(["rslad"])) == ["rslad"] and updates == []   # nothing to count
 
 
 def test_map_explorer_needs_the_teacher(digits):
