@@ -50,8 +50,9 @@ chose it.""",
 normalised again: its values no longer look like anything the model was trained on, and accuracy falls,
 often to near chance. And ε is measured in the wrong units: normalising divides by σ (about 0.25 on
 CIFAR-10), so ε = 8/255 on normalised inputs is σ × 8/255 ≈ 2/255 in pixels, a ball about **4× smaller**
-than the one the paper reports. (The kit's digits models carry no normalisation, nor do the official
-students and the TRADES teacher; the CIFAR models that do carry it inside.) Keep tensors in [0, 1]; the
+than the one the paper reports. (The kit's students carry no normalisation, nor do the official students
+and the TRADES teacher; the models that do, such as the DeepMind RobustBench teachers, carry it inside.)
+Keep tensors in [0, 1]; the
 kit refuses anything else (`UserError: inputs must lie in [0,1]`).""",
     "02.1": """**Which objective leaves the least accuracy?** FGSM (one step) is the weakest, so it leaves
 the most. PGD-20 on cross-entropy is stronger, and PGD-20 on the CW margin usually stronger still on
