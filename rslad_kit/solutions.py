@@ -178,7 +178,7 @@ class Prediction:
 
     def reveal(self, result: Any = None) -> None:
         """Call after the experiment: the answer beside the prediction and `result` once a prediction
-        is locked in (now, or when the button is pressed)."""
+        is locked in (now, or as soon as it is locked in later)."""
         self.result, self.revealed = result, True
         if self.locked is not None:
             display(self._answer())
@@ -187,9 +187,8 @@ class Prediction:
                     self.output)
 
     def _answer(self) -> Markdown:
-        result = _brief(self.result)
         return Markdown(f"| exercise {self.key} | |\n|---|---|\n| {self.question}: you predicted | "
-                        f"{self.locked} |\n| this run | {result} |\n\n{SOLUTIONS[self.key]}")
+                        f"{self.locked} |\n| this run | {_brief(self.result)} |\n\n{SOLUTIONS[self.key]}")
 
     def _ipython_display_(self) -> None:
         display(widgets.VBox([widgets.HTML(f"<b>Exercise {self.key}</b>: {self.question}"),
