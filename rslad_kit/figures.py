@@ -92,26 +92,30 @@ def _label(name: str) -> str:
 @styled
 def attention_maps(maps: Mapping[str, Mapping[str, Tensor]], *, images: int = 4, title: str | None = None) -> Figure:
     """Rows: models (e.g. teacher, ARD, IAD, RSLAD, SAT); for each of the first `images` examples, the
-    Grad-CAM map over the adversarial image and the SmoothGrad map. `maps[name]` is
-    `saliency.adversarial_maps`' output."""
+    Grad-CAM map and the SmoothGrad map, each over the adversarial image it explains, on one colour
+    scale (0: no influence, 1: the map's strongest pixel). `maps[name]` is `saliency.adversarial_maps`'
+    output."""
     names = list(maps)
     fig, axes = _figure(len(names), 2 * images, 1.3, 1.4)
     for r, name in enumerate(names):
         m = maps[name]
         for i in range(images):
             cam_ax, sal_ax = axes[r, 2 * i], axes[r, 2 * i + 1]
-            cam_ax.imshow(_image(m["x_adv"][i]), cmap="gray", vmin=0, vmax=1)
-            cam_ax.imshow(m["gradcam"][i].cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            sal_ax.imshow(m["smoothgrad"][i].cpu().numpy(), cmap="magma")
+            sal = m["smoothgrad"][i].cpu()
+            for ax, heat in ((cam_ax, m["gradcam"][i].cpu()), (sal_ax, sal / sal.max().clamp_min(1e-12))):
+                ax.imshow(_image(m["x_adv"][i]), cmap="gray", vmin=0, vmax=1)
+                shown = ax.imshow(heat.numpy(), cmap="jet", alpha=0.35, vmin=0, vmax=1)
             if r == 0:
-                cam_ax.set_title(f"#{i + 1} Grad-CAM", fontsize="small")
-                sal_ax.set_title(f"#{i + 1} SmoothGrad", fontsize="small")
+                suffix = f" (image {i + 1})" if images > 1 else ""
+                cam_ax.set_title("Grad-CAM" + suffix, fontsize="small")
+                sal_ax.set_title("SmoothGrad" + suffix, fontsize="small")
         axes[r, 0].set_ylabel(_label(name), color=color(name), fontweight="bold")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.grid(False)
-    fig.suptitle(title or "Attention (Grad-CAM) and saliency (SmoothGrad) on adversarial examples")
+    fig.colorbar(shown, ax=axes, shrink=0.8, label="influence on the true class (relative)")
+    fig.suptitle(title or "Attention (Grad-CAM) and saliency (SmoothGrad) over adversarial examples")
     return fig
 
 
@@ -227,6 +231,8 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], *, title:
         c = color(next((part for part in re.split(r"[- ]", label) if part in COLORS), label))
         epochs = [r["epoch"] for r in records]
         terms = [k for k in records[0] if k not in _NOT_LOSS] if records else []
+        if len(terms) == 2 and "loss" in terms:   # one term (SAT's ce_adv): the loss is that term, drawn once
+            terms.remove("loss")
         for term, ls in zip(terms, ["-", "--", ":", "-."] * 3):
             ax.plot(epochs, [r.get(term, np.nan) for r in records], ls, color=c, label=term)
         ax.set(title=f"{label}: loss terms", xlabel="epoch", ylabel="loss")

@@ -1,6 +1,7 @@
-"""What the classroom notebooks share: one parameters convention for both scales, cached runs,
-training with live curves, the eps and attention-map explorers, the reduced teacher study, and a
-button for expensive steps.
+"""What the classroom notebooks share: one parameters convention for both scales, cached runs (one
+folder per config), training with live curves, the widgets (the eps, attention-map, alpha, soft-label
+and teacher explorers), the reduced teacher study, and a button for expensive steps that reveals its
+exercise's answer after it runs (`solutions`).
 
 Every notebook starts with a cell tagged `parameters`:
 
@@ -18,9 +19,13 @@ and draws (through `figures`); it adds no science. Taught from notebooks/00_setu
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import math
 import os
 import platform
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,13 +39,16 @@ import torch
 from IPython.display import Markdown, clear_output, display
 from matplotlib.figure import Figure
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
-from rslad_kit import config, data, figures, models, runs, saliency, teacher_study, train
+from rslad_kit import config, data, evaluate, figures, models, runs, saliency, solutions, teacher_study, train
 from rslad_kit.errors import UserError
-from rslad_kit.losses import METHODS
+from rslad_kit.losses import METHODS, entropy, rslad_loss
 
-SCALES = ("classroom", "cifar10", "smoke")   # smoke: what CI runs; two epochs of the classroom
+# The presets a notebook's SCALE may name (config.PRESETS). smoke: what CI runs; two epochs of the
+# classroom. A new classroom preset is one more name here and its entry in QUICK_STUDY.
+SCALES = ("classroom", "cifar10", "smoke")
 # The teacher study in a lab's minutes: the whole ladder, one seed. The classroom also trains 15 of its
 # 40 epochs, decaying the lr at 12 and 14 (about 2 minutes on 2 cores, against 8-10 for the real study;
 # 10 epochs left the students below 15% PGD accuracy, too undertrained to show anything); smoke is
@@ -129,9 +137,29 @@ class Lab:
             return saliency.ZOO_ARCHS[entry.arch]
         return spec.model
 
-    def cached(self, name: str) -> bool:
-        """Whether the run runs/<scale>/<name> has finished (an earlier notebook trained it)."""
-        return runs.is_finished(self.runs / self.scale / name)
+    def folder(self, cfg: config.TrainConfig, name: str) -> Path:
+        """Where the run of `cfg` is cached: runs/<scale>/<name>, unless that folder holds a run of other
+        settings (a notebook with another EPOCHS, say); then runs/<scale>/<name>-<its config's digest>.
+        Each config gets its own run, so changing a parameter never breaks another notebook's cache."""
+        out = self.runs / self.scale / name
+        saved = _saved_config(out)
+        return out if saved is None or saved == cfg else out.with_name(f"{name}-{_digest(cfg)}")
+
+    def resolve(self, cfg: config.TrainConfig) -> config.TrainConfig:
+        """`cfg` with its teacher "teacher" / "teacher-natural" naming the folder that holds this lab's
+        teacher of that kind (a student of a 3-epoch teacher is another run than one of the full teacher)."""
+        kind = cfg.teacher
+        if kind not in ("teacher", "teacher-natural") or not train.needs_teacher(cfg):
+            return cfg
+        recipe = self.teacher_config(kind)
+        if isinstance(recipe, str):   # a RobustBench teacher: a file, not a run folder
+            return cfg
+        return replace(cfg, teacher=self.folder(recipe, kind).name)
+
+    def cached(self, cfg: config.TrainConfig, name: str) -> bool:
+        """Whether the run of `cfg` called `name` has finished (an earlier notebook trained it)."""
+        cfg = self.resolve(cfg)
+        return runs.is_finished(self.folder(cfg, name))
 
     def soft_label_configs(self) -> dict[str, tuple[str, config.TrainConfig]]:
         """Table 7's RSLAD students by soft label, as (run name, config): RSL from the robust teacher
@@ -144,14 +172,15 @@ class Lab:
         """The teacher study cut to fit a lab (`QUICK_STUDY`: one seed, and 15 of the classroom's 40
         epochs), cached in runs/<scale>/teacher-study-quick; returns its folder."""
         extra = {"epochs": self.epochs} if self.epochs else {}
-        return teacher_study.run(self.scale, out=self.runs / self.scale / "teacher-study-quick", progress=progress,
-                                 **(QUICK_STUDY.get(self.scale, {}) | extra))
+        out = self.runs / self.scale / ("teacher-study-quick" + (f"-epochs{self.epochs}" if self.epochs else ""))
+        return teacher_study.run(self.scale, out=out, progress=progress, **(QUICK_STUDY.get(self.scale, {}) | extra))
 
     def train(self, cfg: config.TrainConfig, name: str, *, curves: bool = False) -> nn.Module:
-        """`trained` in runs/<scale>/<name>; trains this scale's teacher first when `cfg` reads it."""
+        """`trained` in `folder(cfg, name)`; trains this scale's teacher first when `cfg` reads it."""
         if cfg.teacher in ("teacher", "teacher-natural") and train.needs_teacher(cfg):
             self.teacher(cfg.teacher)
-        return trained(cfg, self.runs / self.scale / name, dataset=self.dataset(), curves=curves).to(self.device)
+        cfg = self.resolve(cfg)
+        return trained(cfg, self.folder(cfg, name), dataset=self.dataset(), curves=curves).to(self.device)
 
 
 def setup(scale: str = "classroom", *, runs: str = "runs", data_root: str = "data", model_dir: str = "models",
@@ -186,20 +215,30 @@ def environment() -> dict[str, Any]:
 
 # --- cached runs ----------------------------------------------------------------------------------
 
+def _saved_config(out: Path) -> config.TrainConfig | None:
+    """The config of the run in `out` (finished or interrupted), or None when it holds none."""
+    last = out / "last.pt"
+    return config.from_dict(runs.checkpoint_info(last)["meta"]["config"]) if last.is_file() else None
+
+
+def _digest(cfg: config.TrainConfig) -> str:
+    """Eight hex digits that name a config (its fields, as saved in every checkpoint)."""
+    return hashlib.sha256(json.dumps(config.to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def trained(cfg: config.TrainConfig, out: str | Path, *, dataset: data.Dataset | None = None,
             curves: bool = False) -> nn.Module:
-    """The best checkpoint of `cfg` in `out`, in eval mode: trained if missing, resumed if interrupted.
-
-    A finished run is reused only if it was trained with the same config. `curves` draws the loss
-    terms and validation accuracy, redrawn after every epoch while training.
+    """The best checkpoint of `cfg` in `out`, in eval mode: trained if missing, resumed if interrupted,
+    loaded silently when finished. `Lab.folder` picks an `out` that holds `cfg`'s run or none; another
+    config's run here is a UserError. `curves` draws the loss terms and validation accuracy, redrawn
+    after every epoch while training.
     """
     out = Path(out)
+    saved = _saved_config(out)
+    if saved is not None and saved != cfg:
+        raise UserError(f"{out} holds a run trained with other settings; call Lab.train, which picks a folder "
+                        "of its own for each config")
     if runs.is_finished(out):
-        saved = config.from_dict(runs.checkpoint_info(out / "last.pt")["meta"]["config"])
-        if saved != cfg:
-            raise UserError(f"{out} holds a run trained with other settings; delete that folder or choose "
-                            "another RUNS folder in the parameters cell")
-        print(f"{out}: already trained, loaded from disk")
         if curves:
             _show(figures.training_curves({out.name: runs.history(out)}, title=out.name))
     else:
@@ -333,32 +372,179 @@ class MapExplorer:
                 _show(self.figure)
 
     def _ipython_display_(self) -> None:
-        display(widgets.HBox([widgets.VBox([self.image, self.against, self.shown]), self.output]))
+        hint = widgets.HTML("<small>Ctrl-click (⌘-click on a Mac) to choose several models</small>")
+        display(widgets.HBox([widgets.VBox([self.image, self.against, self.shown, hint]), self.output]))
+
+
+class AlphaExplorer:
+    """RSLAD's weights on one batch: an α slider redraws the two weighted terms, (1 − α)·KL(S(x), T(x))
+    and α·KL(S(x'), T(x)), and their sum, beside each term's curve over every α (the paper's 5/6 marked)."""
+
+    def __init__(self, s_nat: Tensor, s_adv: Tensor, t_nat: Tensor, *, alpha: float = 5 / 6) -> None:
+        self.s_nat, self.s_adv, self.t_nat = s_nat.detach(), s_adv.detach(), t_nat.detach()
+        self.slider = widgets.FloatSlider(value=alpha, min=0.0, max=1.0, step=1 / 24, description="α",
+                                          readout_format=".3f", continuous_update=False)
+        self.output = widgets.Output()
+        self.slider.observe(lambda _change: self.draw(), names="value")
+        self.terms: dict[str, float] = {}
+        self.figure: Figure | None = None
+        self.draw()
+
+    def draw(self) -> None:
+        alphas = torch.linspace(0, 1, 25).tolist()
+        curves = [rslad_loss(self.s_nat, self.s_adv, self.t_nat, alpha=a) for a in alphas]
+        self.terms = {k: v.item() for k, v in rslad_loss(self.s_nat, self.s_adv, self.t_nat,
+                                                          alpha=self.slider.value).items()}
+        self.figure, (bars, lines) = plt.subplots(1, 2, figsize=(8.5, 3), layout="constrained")
+        labels = ["(1−α)·KL(S(x), T(x))", "α·KL(S(x'), T(x))", "sum"]
+        bars.bar(labels, [self.terms["kl_nat"], self.terms["kl_adv"], sum(self.terms.values())],
+                 color=["tab:blue", "tab:red", "grey"])
+        bars.set_title(f"the loss at α = {self.slider.value:.3f}")
+        bars.tick_params(axis="x", labelsize=7)
+        for key, label, colour in (("kl_nat", labels[0], "tab:blue"), ("kl_adv", labels[1], "tab:red")):
+            lines.plot(alphas, [c[key].item() for c in curves], label=label, color=colour)
+        lines.plot(alphas, [sum(c.values()).item() for c in curves], label="sum", color="grey")
+        lines.axvline(self.slider.value, color="black", linewidth=0.8)
+        lines.axvline(5 / 6, color="black", linestyle=":", linewidth=0.8, label="paper's α = 5/6")
+        lines.set_xlabel("α"), lines.legend(fontsize=7)
+        with self.output:
+            clear_output(wait=True)
+            _show(self.figure)
+
+    def _ipython_display_(self) -> None:
+        display(widgets.VBox([self.slider, self.output]))
+
+
+class SoftLabelExplorer:
+    """One image's soft labels: the teacher's softmax at temperature τ (τ = 1 is RSL) and label
+    smoothing with smoothing s (SSL). Sliders redraw both distributions and their entropies (nats)."""
+
+    def __init__(self, t_logits: Tensor, y: Tensor, class_names: list[str]) -> None:
+        self.t_logits, self.y, self.class_names = t_logits.detach().cpu(), y.cpu(), class_names
+        self.image = widgets.IntSlider(value=0, min=0, max=len(y) - 1, description="image", continuous_update=False)
+        self.tau = widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=1.5, description="τ",
+                                          readout_format=".2f", continuous_update=False)
+        self.smoothing = widgets.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.05, description="smoothing s",
+                                             continuous_update=False)
+        self.output = widgets.Output()
+        for control in (self.image, self.tau, self.smoothing):
+            control.observe(lambda _change: self.draw(), names="value")
+        self.entropies: dict[str, float] = {}
+        self.figure: Figure | None = None
+        self.draw()
+
+    def draw(self) -> None:
+        i, num_classes = self.image.value, len(self.class_names)
+        teacher = torch.softmax(self.t_logits[i] / self.tau.value, dim=0)
+        one_hot = torch.nn.functional.one_hot(self.y[i], num_classes).float()
+        smooth = (1 - self.smoothing.value) * one_hot + self.smoothing.value / num_classes
+        labels = {f"teacher at τ = {self.tau.value:.2f}": teacher, f"smoothing s = {self.smoothing.value:.2f}": smooth}
+        self.entropies = {k: entropy(p[None])[0].item() for k, p in labels.items()}
+        self.figure, axes = plt.subplots(1, 2, figsize=(8.5, 2.8), sharey=True, layout="constrained")
+        for ax, (name, probs) in zip(axes, labels.items()):
+            colours = ["tab:green" if k == int(self.y[i]) else "tab:grey" for k in range(num_classes)]
+            ax.bar(self.class_names, probs.numpy(), color=colours)
+            ax.set_title(f"{name}\nentropy {self.entropies[name]:.2f} nats (max ln {num_classes} = "
+                         f"{math.log(num_classes):.2f})", fontsize=9)
+            ax.set_ylim(0, 1)
+        axes[0].set_ylabel(f"image {i}: P(class); true class in green")
+        with self.output:
+            clear_output(wait=True)
+            _show(self.figure)
+
+    def _ipython_display_(self) -> None:
+        display(widgets.VBox([widgets.HBox([self.image, self.tau, self.smoothing]), self.output]))
+
+
+class TeacherPicker:
+    """Figure 4 one rung at a time: choose a teacher of the study's ladder and read its robustness
+    beside its students', their gap, and which region of the paper's figure the rung falls in."""
+
+    def __init__(self, study: dict[str, Any]) -> None:
+        self.study = study
+        self.teacher = widgets.Dropdown(options=[r["teacher"] for r in study["rows"]], description="teacher")
+        self.output = widgets.Output()
+        self.teacher.observe(lambda _change: self.draw(), names="value")
+        self.text = ""
+        self.draw()
+
+    def draw(self) -> None:
+        row = next(r for r in self.study["rows"] if r["teacher"] == self.teacher.value)
+        students = [v for v in row["student_robust"] if v is not None]
+        mean = sum(students) / len(students) if students else float("nan")
+        region = ("robust underfitting: its students beat it" if row["teacher"] in self.study["underfitting"]
+                  else "robust saturation: the gap is wider than at the best teacher"
+                  if row["teacher"] in self.study["saturation"] else
+                  "the best teacher of this run" if row["teacher"] == self.study["best"] else "neither region")
+        attack = self.study["attack"]
+        self.text = (f"| {row['teacher']} ({row['params']:,} parameters) | {attack} % |\n|---|---|\n"
+                     f"| the teacher | {row['teacher_robust']:.1f} |\n"
+                     f"| its RSLAD students ({len(students)} seed(s), mean) | {mean:.1f} |\n"
+                     f"| teacher − student | {row['teacher_robust'] - mean:+.1f} |\n\n**Region:** {region}.")
+        with self.output:
+            clear_output(wait=True)
+            display(Markdown(self.text))
+
+    def _ipython_display_(self) -> None:
+        display(widgets.VBox([self.teacher, self.output]))
 
 
 class RunButton:
     """A button for an expensive step: nothing runs until it is clicked; what the step returns or
-    prints appears below it. `result` keeps the step's return value."""
+    prints appears below it, then how long it took. `result` keeps the step's return value. With
+    `reveal`, the exercise's answer (`solutions.Prediction`) comes after the step's output, never before."""
 
-    def __init__(self, description: str, step: Callable[[], Any]) -> None:
-        self.step, self.result = step, None
+    def __init__(self, description: str, step: Callable[[], Any], *,
+                 reveal: solutions.Prediction | None = None) -> None:
+        self.step, self.result, self.reveal = step, None, reveal
         self.button = widgets.Button(description=description, layout=widgets.Layout(width="auto"))
         self.output = widgets.Output()
         self.button.on_click(lambda _button: self.run())
 
     def run(self) -> Any:
         self.button.disabled = True
+        start = time.perf_counter()
         try:
             with self.output:
                 self.result = self.step()
                 if self.result is not None:
                     display(self.result)
+                print(f"done in {time.perf_counter() - start:.0f} s")
+                if self.reveal is not None:
+                    self.reveal.reveal(self.result)
         finally:
             self.button.disabled = False
         return self.result
 
     def _ipython_display_(self) -> None:
         display(widgets.VBox([self.button, self.output]))
+
+
+def one_by_one(names: list[str], what: str = "training") -> Iterator[str]:
+    """Yield `names` in turn under a status line "training 2 of 4: mart" that updates in place, so a
+    step that runs several things says how far it is (one thing needs no count: no line)."""
+    if len(names) < 2:
+        yield from names
+        return
+    handle = display(Markdown(""), display_id=True)
+    for k, name in enumerate(names, 1):
+        handle.update(Markdown(f"*{what} {k} of {len(names)}: {name}*"))
+        yield name
+    handle.update(Markdown(f"*{what}: {len(names)} of {len(names)} done*"))
+
+
+def evaluate_in_parts(model: nn.Module, split: data.Split, attacks: list[str], *, eps: float, n: int,
+                      parts: int = 4, **kwargs: Any) -> dict[str, Any]:
+    """`evaluate.evaluate` on the first `n` images, `parts` slices in turn under a progress bar (an
+    attack's accuracy is a mean over images, so the slices' accuracies average to the whole's). For
+    slow attacks (AutoAttack: minutes on a CPU) that would otherwise run without feedback."""
+    bounds = [round(n * k / parts) for k in range(parts + 1)]
+    rows = []
+    for lo, hi in tqdm(list(zip(bounds, bounds[1:])), desc="images", unit="part"):
+        rows.append(evaluate.evaluate(model, (split.x[lo:hi], split.y[lo:hi]), attacks, eps=eps, **kwargs))
+    merged = {a: round(sum(r[a] * r["n"] for r in rows) / n, 2) for a in attacks}
+    return merged | {"n": n, "seconds": {a: round(sum(r["seconds"][a] for r in rows), 1) for a in attacks},
+                     "warnings": sorted({w for r in rows for w in r["warnings"]})}
 
 
 # --- teaching helpers ------------------------------------------------------------------------------

@@ -48,6 +48,12 @@ def kl(
     return per_example.mean() if reduction == "batchmean" else per_example
 
 
+def entropy(probs: Tensor) -> Tensor:
+    """The entropy in nats of each row of `probs` (N, C): -sum_k p_k log p_k, with 0 log 0 = 0.
+    0 for a one-hot label, ln C for the uniform one (notebook 05 asks students to write it)."""
+    return -torch.xlogy(probs, probs).sum(dim=1)
+
+
 def natural_loss(s_nat: Tensor, y: Tensor) -> Terms:
     """Natural training: CE(f(x), y)."""
     return {"ce_nat": F.cross_entropy(s_nat, y)}

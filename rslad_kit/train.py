@@ -38,7 +38,7 @@ from rslad_kit import gpu, graphs, models, runs
 from rslad_kit.config import TrainConfig, from_dict, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.evaluate import evaluate
-from rslad_kit.losses import METHODS
+from rslad_kit.losses import METHODS, entropy
 from rslad_kit.runs import provenance, save, write_text
 
 OBJECTIVES = ("none", "ce", "kl_self", "kl_teacher")
@@ -79,8 +79,7 @@ def soft_label_sets(robust: nn.Module, natural: nn.Module, x: Tensor, y: Tensor,
 def soft_label_stats(probs: Tensor, y: Tensor) -> dict[str, float | int]:
     """What a set of soft labels (N, C probabilities) teaches: mean entropy (nats) and mean probability
     on the true class. Figure 3's "NSL is more concentrated around the ground truth" reads off these."""
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
-    return {"entropy": entropy.mean().item(), "true_prob": probs.gather(1, y.view(-1, 1)).mean().item(),
+    return {"entropy": entropy(probs).mean().item(), "true_prob": probs.gather(1, y.view(-1, 1)).mean().item(),
             "n": len(y)}
 
 

@@ -39,10 +39,14 @@ def tiny():
 def test_attention_maps_has_a_row_per_model_and_two_maps_per_image(tiny):
     _, _, _, maps = tiny
     fig = rendered(figures.attention_maps(maps, images=3))
-    assert len(fig.axes) == 3 * 6
-    assert titles(fig)[:6] == ["#1 Grad-CAM", "#1 SmoothGrad", "#2 Grad-CAM", "#2 SmoothGrad",
-                               "#3 Grad-CAM", "#3 SmoothGrad"]
+    assert len(fig.axes) == 3 * 6 + 1   # and the colour scale
+    assert titles(fig)[:6] == ["Grad-CAM (image 1)", "SmoothGrad (image 1)", "Grad-CAM (image 2)",
+                               "SmoothGrad (image 2)", "Grad-CAM (image 3)", "SmoothGrad (image 3)"]
     assert [fig.axes[6 * r].get_ylabel() for r in range(3)] == ["Teacher", "ARD", "RSLAD"]
+    panel = fig.axes[1]   # SmoothGrad over the adversarial image, both on one [0, 1] scale
+    assert torch.allclose(torch.as_tensor(panel.images[0].get_array()), maps["teacher"]["x_adv"][0, 0])
+    assert panel.images[1].get_clim() == (0, 1) and panel.images[1].get_array().max() == pytest.approx(1)
+    assert "influence" in fig.axes[-1].get_ylabel()
 
 
 def test_map_similarity_has_one_bar_per_student_in_each_map_panel(tiny):
@@ -114,8 +118,11 @@ def test_training_curves_show_each_runs_loss_terms_and_overlay_validation():
     assert titles(fig) == ["cnn-w4-sat-s0: loss terms", "cnn-w4-rslad-s0: loss terms", "validation: clean",
                            "validation: PGD_TRADES"]
     assert [ax.get_xlabel() for ax in fig.axes] == ["epoch"] * 4
-    assert [line.get_label() for line in fig.axes[1].lines] == ["loss", "kl"]
+    assert [line.get_label() for line in fig.axes[1].lines] == ["kl"]   # one term: the loss is that term
     assert len(fig.axes[3].lines) == 2 and fig.axes[3].lines[1].get_color() == figures.COLORS["rslad"]
+    two_terms = [{"epoch": 1, "loss": 3.0, "kl_nat": 1.0, "kl_adv": 2.0}]
+    two = rendered(figures.training_curves({"rslad": two_terms}))
+    assert [line.get_label() for line in two.axes[0].lines] == ["loss", "kl_nat", "kl_adv"]
 
 
 def test_robust_vs_clean_has_a_point_per_method_with_seed_error_bars():

@@ -7,13 +7,14 @@ should when a control changes.
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from rslad_kit import UserError, attacks, lab, models, runs, solutions, train
+from rslad_kit import UserError, attacks, lab, losses, models, runs, solutions, train
 from rslad_kit.config import preset
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
@@ -52,31 +53,101 @@ def test_notebook_is_committed_clean_with_a_ci_parameters_cell(path):
 
 
 def test_every_exercise_has_a_solution_and_every_solution_an_exercise():
-    shown = {key for path in NOTEBOOKS for c in cells(path)
-             for key in re.findall(r'solutions\.show\("([^"]+)"\)', source(c))}
-    assert shown == set(solutions.SOLUTIONS)
-    for key in shown:
+    asked = {key for path in NOTEBOOKS for c in cells(path)
+             for key in re.findall(r'solutions\.predict\("([^"]+)"', source(c))}
+    assert asked == set(solutions.SOLUTIONS)
+    for key in asked:
         notebook = next(p for p in NOTEBOOKS if p.stem.startswith(key.split(".")[0]))
         prompts = "".join(source(c) for c in cells(notebook, "markdown"))
         assert f"Exercise {key}" in prompts, f"{key}: the notebook asks for a prediction first"
+    assert not any("solutions.show" in source(c) for path in NOTEBOOKS for c in cells(path)), \
+        "an answer reaches the page only through a prediction's reveal"
 
 
 def test_an_unknown_solution_is_a_user_error():
     with pytest.raises(UserError, match="no solution"):
-        solutions.show("99.9")
+        solutions.predict("99.9", "?")
 
 
-def test_a_figure_from_the_figures_module_shows_as_an_image_in_a_kernel(tmp_path):
-    """`figures` returns bare Figure objects; Jupyter shows them as images only once `lab.setup` has
-    loaded pyplot's backend (before that, a notebook printed "<Figure size ...>" instead)."""
-    nbformat = pytest.importorskip("nbformat")
-    from nbclient import NotebookClient
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_notebook_asks_to_delete_folders_or_interrupt_the_kernel(path):
+    text = " ".join(source(c) for c in cells(path, "markdown")).lower()
+    assert not re.search(r"delete (the |that )?(folder|`?runs)|interrupt the kernel", text)
 
-    code = (f"from rslad_kit import figures, lab\nL = lab.setup('smoke', runs={str(tmp_path)!r}, threads=1)\n"
-            "figures.eps_curves([0.0, 0.1], {'sat': [90.0, 40.0]})")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
-    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
-    assert "image/png" in nb.cells[0].outputs[-1]["data"]
+
+# --- predictions that bind, and code that students write -----------------------------------------------
+
+def test_an_answer_waits_for_the_experiment_and_for_a_locked_prediction(monkeypatch):
+    monkeypatch.delenv(solutions.AUTO_PREDICT, raising=False)
+    displayed = []
+    monkeypatch.setattr(solutions, "display", lambda *objs: displayed.extend(objs))
+    ask = solutions.predict("04.1", "RSLAD against SAT", ["RSLAD ahead", "tie", "SAT ahead"])
+    answer = solutions.SOLUTIONS["04.1"][:40]
+    ask.lock()                                   # locked, but no experiment yet: nothing shown
+    assert ask.locked == "RSLAD ahead" and ask.input.disabled and displayed == []
+    ask.reveal({"RSLAD": 41.0, "SAT": 42.5})
+    table = displayed[-1].data
+    assert answer in table and "RSLAD ahead" in table and "RSLAD: 41.0; SAT: 42.5" in table
+
+    displayed.clear()
+    late = solutions.predict("00.1", "PGD accuracy, %")
+    late.reveal(3.0)                             # the experiment ran, no prediction: no answer, a hint
+    assert not any(solutions.SOLUTIONS["00.1"][:40] in str(getattr(d, "data", "")) for d in displayed)
+    late.input.value = 10.0
+    late.button.click()                          # locking in afterwards shows it, under the experiment
+    assert late.locked == 10.0 and solutions.SOLUTIONS["00.1"][:40] in displayed[-1].data
+    assert "| this run | 3 |" not in displayed[-1].data and "| this run | 3.0 |" in displayed[-1].data
+
+
+def test_a_button_reveals_its_answer_after_its_step(monkeypatch):
+    monkeypatch.setenv(solutions.AUTO_PREDICT, "1")
+    events = []
+    ask = solutions.predict("05.2", "NSL against RSL", ["NSL below RSL", "about equal"])
+    monkeypatch.setattr(ask, "reveal", lambda result: events.append(("reveal", result)))
+    button = lab.RunButton("train", lambda: events.append(("step", None)) or "table", reveal=ask)
+    assert events == []                          # Run All: nothing until clicked
+    button.button.click()
+    assert events == [("step", None), ("reveal", "table")]
+
+
+def pgd_step(model, x, y, eps, step_size):
+    x_adv = x.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x_adv), y), x_adv)
+    return torch.min(torch.max(x + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
+
+
+def rslad_loss(s_nat, s_adv, t_nat, alpha):
+    p_t = torch.softmax(t_nat, dim=1)
+    kl = lambda s: torch.nn.functional.kl_div(torch.log_softmax(s, dim=1), p_t, reduction="batchmean")  # noqa: E731
+    return (1 - alpha) * kl(s_nat) + alpha * kl(s_adv)
+
+
+def entropy(p):
+    return -(p * p.log()).sum(dim=1)
+
+
+@pytest.mark.parametrize("name, right, wrong, message", [
+    ("pgd_step", pgd_step, lambda m, x, y, eps, step: (x + step * torch.ones_like(x)).clamp(0, 1), "differs at input 0"),
+    ("rslad_loss", rslad_loss, lambda s_nat, s_adv, t_nat, alpha: rslad_loss(s_nat, s_adv, t_nat, 1 - alpha),
+     "differs at input 0, element ()"),
+    ("entropy", entropy, lambda p: -(p * p.log()).sum(dim=0), "differs in shape"),
+])
+def test_a_code_exercise_is_checked_against_the_kit(name, right, wrong, message, capsys):
+    reference = solutions.EXERCISES[name].reference
+    assert solutions.check(name, right) is right and "correct" in capsys.readouterr().out
+    assert solutions.check(name, wrong) is reference                        # later cells get the kit's
+    assert message in capsys.readouterr().out
+
+    def blank(*args):
+        ...   # a student's empty cell
+
+    assert solutions.check(name, blank) is reference and "not attempted" in capsys.readouterr().out
+    assert solutions.compare(solutions.EXERCISES[name], lambda *a: 1 / 0).startswith("raised ZeroDivisionError")
+
+
+def test_a_pgd_step_without_its_projection_does_not_pass():
+    unprojected = lambda m, x, y, eps, step: pgd_step(m, x, y, eps=1.0, step_size=step)  # noqa: E731
+    assert solutions.compare(solutions.EXERCISES["pgd_step"], unprojected).startswith("differs")
 
 
 # --- widgets ------------------------------------------------------------------------------------------
@@ -134,7 +205,8 @@ def test_live_curves_redraw_with_each_epoch():
                         "val_pgd_trades": 10.0 * epoch, "seconds": 0.1})
         live(history)
         loss_ax, clean_ax, robust_ax = live.figure.axes   # figures.training_curves, one run
-        assert [len(line.get_xdata()) for line in loss_ax.lines] == [epoch, epoch]   # loss, ce_adv
+        assert [line.get_label() for line in loss_ax.lines] == ["ce_adv"]   # the loss is its one term: drawn once
+        assert len(loss_ax.lines[0].get_xdata()) == epoch
         assert list(robust_ax.lines[0].get_ydata()) == [10.0 * e for e in range(1, epoch + 1)]
         assert list(clean_ax.lines[0].get_ydata()) == [50.0] * epoch
 
@@ -154,9 +226,68 @@ def test_map_explorer_redraws_the_maps_of_the_chosen_image_attack_and_models(dig
     explorer.against.value = "each"
     assert not torch.equal(explorer.maps["teacher"]["x_adv"], explorer.maps["rslad"]["x_adv"])
     explorer.shown.value = ("teacher", "sat")
-    assert list(explorer.maps) == ["teacher", "sat"] and len(explorer.figure.axes) == 4
+    assert list(explorer.maps) == ["teacher", "sat"] and len(explorer.figure.axes) == 4 + 1   # and the colour scale
     explorer.shown.value = ()
     assert explorer.figure is None
+
+
+def test_alpha_slider_redraws_rslads_weighted_terms():
+    g = torch.Generator().manual_seed(0)
+    s_nat, s_adv, t_nat = (torch.randn(16, 10, generator=g) for _ in range(3))
+    explorer = lab.AlphaExplorer(s_nat, s_adv, t_nat)
+    kl_nat, kl_adv = (losses.kl(s, torch.softmax(t_nat, 1)).item() for s in (s_nat, s_adv))
+    for alpha in (5 / 6, 0.25, 0.0):
+        explorer.slider.value = alpha
+        assert explorer.terms["kl_nat"] == pytest.approx((1 - alpha) * kl_nat, rel=1e-5)
+        assert explorer.terms["kl_adv"] == pytest.approx(alpha * kl_adv, abs=1e-7)
+        bars = [b.get_height() for b in explorer.figure.axes[0].patches]
+        assert bars == pytest.approx([explorer.terms["kl_nat"], explorer.terms["kl_adv"], kl_nat * (1 - alpha) + kl_adv * alpha])
+
+
+def test_temperature_and_smoothing_sliders_redraw_the_soft_labels_and_their_entropy():
+    t_logits, y = torch.tensor([[4.0, 1.0, 0.0], [0.0, 3.0, 0.5]]), torch.tensor([0, 2])
+    explorer = lab.SoftLabelExplorer(t_logits, y, ["a", "b", "c"])
+    teacher_h = lambda: next(v for k, v in explorer.entropies.items() if k.startswith("teacher"))  # noqa: E731
+    smooth_h = lambda: next(v for k, v in explorer.entropies.items() if k.startswith("smoothing"))  # noqa: E731
+    cold = teacher_h()
+    explorer.tau.value = 10.0                     # a hot softmax: towards uniform
+    assert teacher_h() > cold and teacher_h() < math.log(3)
+    explorer.smoothing.value = 0.0                # a one-hot label
+    assert smooth_h() == pytest.approx(0.0)
+    explorer.smoothing.value = 1.0                # uniform
+    assert smooth_h() == pytest.approx(math.log(3))
+    explorer.image.value = 1                      # image 1's true class (2) is the one drawn green
+    heights = [b.get_height() for b in explorer.figure.axes[1].patches]
+    assert heights == pytest.approx([1 / 3] * 3)
+    assert explorer.figure.axes[1].patches[2].get_facecolor() != explorer.figure.axes[1].patches[0].get_facecolor()
+
+
+def test_teacher_picker_shows_the_chosen_rung_and_its_region():
+    study = {"attack": "pgd_trades", "underfitting": ["cnn-w4"], "saturation": ["cnn-w32"], "best": "cnn-w16",
+             "rows": [{"teacher": t, "params": 1000 * k, "teacher_robust": r, "student_robust": s}
+                      for k, (t, r, s) in enumerate([("cnn-w4", 30.0, [35.0, 37.0]), ("cnn-w16", 60.0, [44.0, None]),
+                                                     ("cnn-w32", 70.0, [40.0, 42.0])], 1)]}
+    picker = lab.TeacherPicker(study)
+    assert "| the teacher | 30.0 |" in picker.text and "| teacher − student | -6.0 |" in picker.text
+    assert "robust underfitting" in picker.text
+    picker.teacher.value = "cnn-w16"
+    assert "(1 seed(s), mean) | 44.0 |" in picker.text and "the best teacher" in picker.text
+    picker.teacher.value = "cnn-w32"
+    assert "robust saturation" in picker.text
+
+
+def test_one_by_one_counts_what_it_runs(monkeypatch):
+    updates = []
+
+    class Handle:
+        def update(self, obj):
+            updates.append(obj.data)
+
+    monkeypatch.setattr(lab, "display", lambda *a, **k: Handle())
+    assert list(lab.one_by_one(["trades", "mart"])) == ["trades", "mart"]
+    assert updates == ["*training 1 of 2: trades*", "*training 2 of 2: mart*", "*training: 2 of 2 done*"]
+    updates.clear()
+    assert list(lab.one_by_one(["rslad"])) == ["rslad"] and updates == []   # nothing to count
 
 
 def test_map_explorer_needs_the_teacher(digits):
@@ -199,7 +330,7 @@ def test_soft_label_students_differ_only_in_their_soft_labels():
     assert lab.Lab("cifar10", Path("runs")).arch("teacher") == "wrn-34-10"
 
 
-def test_trained_caches_resumes_and_refuses_other_settings(tmp_path):
+def test_trained_caches_and_resumes(tmp_path):
     L = lab.setup("smoke", runs=tmp_path, threads=1)
     cfg = L.config("natural", epochs=2)
     out = tmp_path / "smoke" / "natural"
@@ -216,7 +347,27 @@ def test_trained_caches_resumes_and_refuses_other_settings(tmp_path):
     assert not L.train(cfg, "natural").training   # cached: loaded, in eval mode, not retrained
     assert (out / "last.pt").stat().st_mtime_ns == stamp
     with pytest.raises(UserError, match="other settings"):
-        L.train(L.config("natural", epochs=2, lr=0.05), "natural")
+        lab.trained(L.config("natural", epochs=1), out)   # a folder never holds two configs
+
+
+def test_changing_a_parameter_trains_its_own_run_and_keeps_the_others(tmp_path):
+    """No trap between notebooks: a notebook with another EPOCHS trains (or reuses) runs of its own,
+    students included, and the default runs stay where the next notebook finds them."""
+    full = lab.setup("smoke", runs=tmp_path, threads=1)
+    full.train(full.config("rslad"), "rslad")
+    short = lab.Lab("smoke", tmp_path, epochs=1)
+    short.train(short.config("rslad"), "rslad")
+    folders = sorted(p.name for p in (tmp_path / "smoke").iterdir())
+    assert len(folders) == 4 and folders[:1] == ["rslad"] and folders[2:3] == ["teacher"]
+    (rslad_1,), (teacher_1,) = ([f for f in folders if f.startswith(n + "-")] for n in ("rslad", "teacher"))
+    assert [h["epoch"] for h in runs.history(tmp_path / "smoke" / teacher_1)] == [1]
+    student = runs.checkpoint_info(tmp_path / "smoke" / rslad_1 / "last.pt")["meta"]["config"]
+    assert student["teacher"] == teacher_1 and student["epochs"] == 1   # distilled from its own teacher
+    assert full.cached(full.config("rslad"), "rslad") and short.cached(short.config("rslad"), "rslad")
+    assert full.folder(full.config("rslad"), "rslad") == tmp_path / "smoke" / "rslad"
+    stamp = (tmp_path / "smoke" / "rslad" / "last.pt").stat().st_mtime_ns
+    full.train(full.config("rslad"), "rslad")    # back to the default: reused, not retrained
+    assert (tmp_path / "smoke" / "rslad" / "last.pt").stat().st_mtime_ns == stamp
 
 
 def test_loss_terms_do_not_step_the_student():
