@@ -20,9 +20,12 @@ demo: $(STAMP)
 
 # The notebooks in order (notebooks/README.md). Installs nothing beyond `make demo`; two threads
 # for the one kernel a student runs at a time.
-# Jupyter refuses to start as root (containers, lab VMs) without --allow-root.
+# Jupyter refuses to start as root (containers, lab VMs) without --allow-root. The "get notified about
+# Jupyter news?" pop-up would cover the outputs: its plugin is disabled in .venv, and nothing is fetched.
 lab: $(STAMP)
+	$(BIN)/jupyter labextension disable --level=sys_prefix "@jupyterlab/apputils-extension:announcements"
 	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/jupyter lab --notebook-dir=notebooks \
+		--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP)

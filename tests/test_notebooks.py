@@ -1,6 +1,6 @@
 """The notebooks' contract and their widgets, headless.
 
-pytest's `--nbmake` executes every notebook in smoke mode (see pyproject); these tests check what
+tests/test_notebooks_run_all.py executes every notebook in smoke mode; these tests check what
 that cannot: the committed form of each notebook, and that the widgets' callbacks redraw what they
 should when a control changes.
 """

@@ -2,8 +2,7 @@
 its parameters cell's smoke mocks), with every prediction locked in, so that every answer not behind a
 button reaches the outputs and its place can be checked (notebooks/README.md, "Exercises and solutions").
 
-Each notebook takes 0.5-2 minutes on one core. nbmake (`--nbmake` in pyproject) executes the same
-notebooks without this check; one of the two executions could go.
+Each notebook takes 0.5-2 minutes on one core. This is the one execution of the notebooks in `make test`.
 """
 
 import re
