@@ -444,57 +444,57 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     val_shard = data_lib.Split(dist_lib.shard_split(val_split.x, ctx), dist_lib.shard_split(val_split.y, ctx))
     loader = data_lib.TensorLoader(train_split, cfg.batch_size, shuffle=True, augment=cfg.augment,
                                    padding=ds.crop_padding, flip=ds.flip, seed=cfg.seed)
-    bar = tqdm(total=(cfg.epochs - start) * len(loader), desc=f"{cfg.method} {out.name}",
-               disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True, position=position)
-    for epoch in range(start + 1, cfg.epochs + 1):
-        began = time.perf_counter()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch) + dist_lib.seed_offset(ctx))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
-        sums: dict[str, float] = defaultdict(float)   # the epoch's, over all ranks, on the host
-        window: dict[str, Tensor] = {}                 # this rank's since the last read, on the device
-        for i, (x, y) in enumerate(dist_lib.shard(loader.epoch(epoch), ctx), start=1):
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            terms = train_step(model, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=ds.num_classes,
-                               attack=attack, graph=graph)
-            for name, value in terms.items():
-                window[name] = window.get(name, 0) + value.float() * len(y)
-            if i % SYNC_EVERY == 0 or i == len(loader):
-                for name, value in _read_window(window, ctx).items():
-                    _check_finite(value, cfg, epoch, start, out)
-                    sums[name] += value
-            bar.update()
+    # closed on an error too, so the error's line starts on a clean line
+    with tqdm(total=(cfg.epochs - start) * len(loader), desc=f"{cfg.method} {out.name}",
+              disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True, position=position) as bar:
+        for epoch in range(start + 1, cfg.epochs + 1):
+            began = time.perf_counter()
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch) + dist_lib.seed_offset(ctx))
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch)
+            sums: dict[str, float] = defaultdict(float)   # the epoch's, over all ranks, on the host
+            window: dict[str, Tensor] = {}                 # this rank's since the last read, on the device
+            for i, (x, y) in enumerate(dist_lib.shard(loader.epoch(epoch), ctx), start=1):
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                terms = train_step(model, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=ds.num_classes,
+                                   attack=attack, graph=graph)
+                for name, value in terms.items():
+                    window[name] = window.get(name, 0) + value.float() * len(y)
+                if i % SYNC_EVERY == 0 or i == len(loader):
+                    for name, value in _read_window(window, ctx).items():
+                        _check_finite(value, cfg, epoch, start, out)
+                        sums[name] += value
+                bar.update()
 
-        # --- validation on the held-out split; the paper selects checkpoints by PGD_TRADES
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch),
-                                  **{k: v / len(train_split) for k, v in sums.items()}}
-        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-            student.eval()
-            row = evaluate(student, val_shard, ["clean", "pgd_trades"], eps=cfg.attack.eps, seed=cfg.seed)
-            row = dist_lib.pooled_accuracy(row, ["clean", "pgd_trades"], len(val_shard), ctx, device)
-            student.train()
-            record |= {"val_clean": row["clean"], "val_pgd_trades": row["pgd_trades"]}
-            score = row[cfg.select_by]
-            if score > best["score"]:
-                best = {"epoch": epoch, "score": score}
-                if ctx.is_main:
-                    save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
-                         out / "best.pt")
-        record["seconds"] = round(time.perf_counter() - began, 3)
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_pgd_trades', float('nan')):.1f}")
+            # --- validation on the held-out split; the paper selects checkpoints by PGD_TRADES
+            record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch),
+                                      **{k: v / len(train_split) for k, v in sums.items()}}
+            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+                student.eval()
+                row = evaluate(student, val_shard, ["clean", "pgd_trades"], eps=cfg.attack.eps, seed=cfg.seed)
+                row = dist_lib.pooled_accuracy(row, ["clean", "pgd_trades"], len(val_shard), ctx, device)
+                student.train()
+                record |= {"val_clean": row["clean"], "val_pgd_trades": row["pgd_trades"]}
+                score = row[cfg.select_by]
+                if score > best["score"]:
+                    best = {"epoch": epoch, "score": score}
+                    if ctx.is_main:
+                        save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
+                             out / "best.pt")
+            record["seconds"] = round(time.perf_counter() - began, 3)
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_pgd_trades', float('nan')):.1f}")
 
-        # --- checkpoint, then the log line (on resume the log is rewritten from the checkpoint)
-        if ctx.is_main:
-            save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                  "history": history, "best": best, "meta": meta}, last_path)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-        start = epoch
-        if on_epoch is not None:
-            on_epoch(history)
-    bar.close()
+            # --- checkpoint, then the log line (on resume the log is rewritten from the checkpoint)
+            if ctx.is_main:
+                save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                      "history": history, "best": best, "meta": meta}, last_path)
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            start = epoch
+            if on_epoch is not None:
+                on_epoch(history)
     dist_lib.leave(ctx)
     return history
 
