@@ -8,13 +8,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import Tensor
 
 from rslad_kit import UserError, cli, gpu, train
 from rslad_kit import attacks as atk
 from rslad_kit.config import AttackConfig, from_dict, preset, to_dict
 from rslad_kit.distributed import Context
-from rslad_kit.graphs import GraphCache, GraphedPGD
+from rslad_kit.graphs import GraphedPGD
 from rslad_kit.losses import METHODS
 from rslad_kit.models import build
 
@@ -89,10 +88,9 @@ def test_deterministic_sets_cublas_workspace_before_cuda_starts_and_refuses_afte
 
 @pytest.mark.parametrize("graphs", ["off", "step"])
 @pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].needs_teacher])
-def test_teacher_sees_the_clean_batch_once_per_step(method, graphs, monkeypatch):
+def test_teacher_sees_the_clean_batch_once_per_step(method, graphs, graphs_on_cpu):
     """The soft labels on the clean batch are shared by the attack and the loss, on the eager path and
     in a graphed step (its capture, stood in for on a CPU, is the first step's; the second is counted)."""
-    monkeypatch.setattr(GraphCache, "_record", eager_record)
     x, y = batch()
     calls = []
     teacher = build("cnn-w4", 10, in_channels=1).eval().requires_grad_(False)
@@ -107,46 +105,10 @@ def test_teacher_sees_the_clean_batch_once_per_step(method, graphs, monkeypatch)
     assert calls.count(True) == 1   # (IAD also reads the teacher on x_adv)
 
 
-# --- the graphs' bookkeeping, on a CPU --------------------------------------------------------------
-# A CUDA graph replays its recorded kernels, overwriting its static outputs in place. `eager_record`
-# stands in for graphs.GraphCache._record (the warm-up and the capture) with exactly that contract, by
-# running the function again at each replay and copying its results into the first run's outputs. Its
-# warm-up runs the function as a real one does (drawing random starts, moving BatchNorm's statistics),
-# so what GraphCache._capture does around it (the forked generator, the statistics put back) is
-# tested here too. It cannot check what only CUDA can (no host sync inside a capture, the allocator);
-# it does check which graph runs when, that the gradients `.grad` points at after a replay are that
-# replay's, and that the graphed step computes what the eager one does.
-
-def _copy_into(out, new):
-    if isinstance(out, Tensor):
-        out.copy_(new)
-    elif isinstance(out, dict):
-        for k in out:
-            _copy_into(out[k], new[k])
-    else:
-        for a, b in zip(out, new):
-            _copy_into(a, b)
-
-
-def eager_record(self, fn, static, reset):
-    reset()
-    for _ in range(self.warmup):
-        fn(**static)
-    reset()
-    out = fn(**static)   # the outputs' memory, as a capture allocates it
-
-    def replay():   # writes the outputs in place and, like a real replay, leaves every `.grad` binding alone
-        bound = [(p, p.grad) for p in self.model.parameters()]
-        reset()
-        _copy_into(out, fn(**static))
-        for p, grad in bound:
-            p.grad = grad
-    return replay, out
-
+# --- the graphs' bookkeeping, on a CPU (`graphs_on_cpu` in conftest.py stands in for the capture) ----
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_graphed_step_bookkeeping_matches_eager_steps(method, monkeypatch):
-    monkeypatch.setattr(GraphCache, "_record", eager_record)
+def test_graphed_step_bookkeeping_matches_eager_steps(method, graphs_on_cpu):
     # no random start: a capture draws its random numbers in another order than the eager path
     cfg = preset("smoke", method, teacher="t", attack={"random_start": "none"}, cuda_graphs="step")
     teacher = _student("cpu").eval().requires_grad_(False) if METHODS[method].needs_teacher else None
@@ -164,8 +126,7 @@ def test_graphed_step_bookkeeping_matches_eager_steps(method, monkeypatch):
     assert len(graph.graphs) == 2
 
 
-def test_graphed_attack_bookkeeping_matches_eager_pgd(monkeypatch):
-    monkeypatch.setattr(GraphCache, "_record", eager_record)
+def test_graphed_attack_bookkeeping_matches_eager_pgd(graphs_on_cpu):
     model = _student("cpu")
     a = AttackConfig(eps=0.2, step_size=0.08, steps=5, random_start="none")
     graphed = GraphedPGD(model, a, lambda x, y, t: atk.ce(y))
@@ -177,14 +138,13 @@ def test_graphed_attack_bookkeeping_matches_eager_pgd(monkeypatch):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
-def test_graphed_steps_with_random_starts_resume_bitwise(device, monkeypatch):
+def test_graphed_steps_with_random_starts_resume_bitwise(device, request):
     """`train` reseeds every epoch from (seed, epoch); a resumed run captures its graphs in the epoch it
     resumes in, an uninterrupted one in epoch 1, so the capture's warm-up must not move the generator
     the replays draw their random starts from. On a CPU the capture is stood in for (eager_record);
     on a GPU it is real, with deterministic kernels."""
     if device == "cpu":
-        monkeypatch.setattr(GraphCache, "_record", eager_record)
-    cfg = preset("smoke", "rslad", teacher="t", attack={"random_start": "uniform"}, cuda_graphs="step")
+        cfg = preset("smoke", "rslad", teacher="t", attack={"random_start": "uniform"}, cuda_graphs="step")
     teacher = _student(device).eval().requires_grad_(False)
     batches = [batch(n, device, seed) for seed, n in ((0, 32), (1, 32), (2, 7))]   # the last one smaller
 
