@@ -69,6 +69,7 @@ def test_the_script_parses():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_the_dry_run_runs_every_step_but_the_cuda_ones_and_writes_a_short_summary(tmp_path):
     out = tmp_path / "gpu-check"
     done = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(out)], capture_output=True, text=True,
