@@ -98,7 +98,7 @@ print(torch.cuda.get_device_name(), '| torch', torch.__version__, '| CUDA', torc
 fi
 
 # --- the tests: every CUDA-only test, and the bitwise-resume tests, on the GPU ----------------------
-TESTS=(tests/test_gpu.py tests/test_gpu_check.py
+TESTS=(tests/test_gpu.py
        "tests/test_train.py::test_resume_after_interrupt_is_bitwise_exact"
        "tests/test_train.py::test_kill_9_mid_run_then_resume_gives_the_same_weights")
 PYTEST=("$PY" -m pytest -o addopts= -ra -q -p no:cacheprovider)   # addopts: no notebooks here
