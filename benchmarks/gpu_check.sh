@@ -66,15 +66,17 @@ elif [ -n "${GPU_CHECK_PYTHON:-}" ]; then
   note "install: none, GPU_CHECK_PYTHON=$PY as it is: $STATUS"
 else
   if [ "$LOCK" = requirements.lock ]; then
-    KIT=(--no-deps -e .)      # the lock pins every package, the kit's test tools included
+    DEPS="--require-hashes -r $LOCK"; KIT="--no-deps -e ."   # as the Makefile installs it
   else
-    KIT=(-e ".[dev]")          # the pinned list has the runtime packages only
+    DEPS="-r $LOCK"; KIT="-e .[dev]"   # the pinned list has the runtime packages only
   fi
-  step install 200 env VENV="$VENV" LOCK="$LOCK" bash -c \
-    'python3 -m venv "$VENV" && "$VENV/bin/pip" install -q -r "$LOCK" && "$VENV/bin/pip" install -q "$@" \
-     && "$VENV/bin/python" -c "import pytest, torch, rslad_kit.cli"' \
-    install "${KIT[@]}"
-  note "install: from $LOCK into $VENV: $STATUS"
+  BASE="$(command -v python3.11 || command -v python3)"   # the lock is resolved for Python 3.11
+  # set -f: the words of $DEPS and $KIT are split, never globbed
+  step install 200 env BASE="$BASE" VENV="$VENV" DEPS="$DEPS" KIT="$KIT" bash -c 'set -f
+    "$BASE" -m venv "$VENV" && "$VENV/bin/pip" install -q --disable-pip-version-check $DEPS \
+      && "$VENV/bin/pip" install -q --disable-pip-version-check $KIT \
+      && "$VENV/bin/python" -c "import pytest, torch, rslad_kit.cli"'
+  note "install: from $LOCK into $VENV ($("$BASE" --version 2>&1)): $STATUS"
   PY="$VENV/bin/python"
 fi
 if [ "$FAILED" -gt 0 ]; then

@@ -389,8 +389,9 @@ def graphed_vs_eager(cfg: TrainConfig, steps: int, device: torch.device) -> dict
                                attack=attack if k == "graphed" else None, graph=graph if k == "graphed" else None)
                  for k, m in students.items()}
         for k in loss_gap:
-            loss_gap[k] = max(loss_gap[k], max(((terms[k][t] - terms["eager"][t]).abs() / terms["eager"][t].abs()).item()
-                                               for t in terms["eager"]))
+            gaps = [(terms[k][t] - terms["eager"][t]).abs() / terms["eager"][t].abs().clamp_min(1e-12)
+                    for t in terms["eager"]]
+            loss_gap[k] = max(loss_gap[k], torch.stack(gaps).max().item())
 
     def flat(name: str) -> torch.Tensor:
         return torch.cat([v.flatten().double() for k, v in students[name].state_dict().items()

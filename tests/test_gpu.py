@@ -230,7 +230,7 @@ def test_graphed_step_matches_eager_steps_in_fp32_with_deterministic_kernels(met
             a = train.train_step(eager, teacher, opt_eager, x, y, cfg, epoch=epoch, num_classes=10)
             b = train.train_step(graphed, teacher, opt_graphed, x, y, cfg, epoch=epoch, num_classes=10, graph=graph)
             assert a.keys() == b.keys()
-            torch.testing.assert_close(torch.tensor(list(b.values())), torch.tensor(list(a.values())),
+            torch.testing.assert_close(torch.stack(list(b.values())), torch.stack(list(a.values())),
                                        rtol=1e-5, atol=1e-6)
         for (name, p), q in zip(eager.state_dict().items(), graphed.state_dict().values()):
             torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
