@@ -144,7 +144,8 @@ def test_graphed_steps_with_random_starts_resume_bitwise(device, request):
     the replays draw their random starts from. On a CPU the capture is stood in for (eager_record);
     on a GPU it is real, with deterministic kernels."""
     if device == "cpu":
-        cfg = preset("smoke", "rslad", teacher="t", attack={"random_start": "uniform"}, cuda_graphs="step")
+        request.getfixturevalue("graphs_on_cpu")
+    cfg = preset("smoke", "rslad", teacher="t", attack={"random_start": "uniform"}, cuda_graphs="step")
     teacher = _student(device).eval().requires_grad_(False)
     batches = [batch(n, device, seed) for seed, n in ((0, 32), (1, 32), (2, 7))]   # the last one smaller
 
