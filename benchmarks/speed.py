@@ -393,16 +393,15 @@ def graphed_vs_eager(cfg: TrainConfig, steps: int, device: torch.device) -> dict
                     for t in terms["eager"]]
             loss_gap[k] = max(loss_gap[k], torch.stack(gaps).max().item())
 
-    def flat(name: str) -> torch.Tensor:
-        return torch.cat([v.flatten().double() for k, v in students[name].state_dict().items()
-                          if v.is_floating_point()])
+    def flat(state: dict) -> torch.Tensor:
+        return torch.cat([v.flatten().double() for v in state.values() if v.is_floating_point()])
 
-    moved = (flat("eager") - torch.cat([v.flatten().double() for v in start.values() if v.is_floating_point()])).norm()
+    eager, again, graphed = (flat(students[k].state_dict()) for k in ("eager", "eager again", "graphed"))
+    moved = (eager - flat(start)).norm()
     return {"bitwise": all(torch.equal(a, b) for a, b in zip(students["eager"].state_dict().values(),
                                                               students["graphed"].state_dict().values())),
-            "loss": loss_gap["graphed"], "weights": ((flat("graphed") - flat("eager")).norm() / moved).item(),
-            "noise loss": loss_gap["eager again"],
-            "noise weights": ((flat("eager again") - flat("eager")).norm() / moved).item()}
+            "loss": loss_gap["graphed"], "weights": ((graphed - eager).norm() / moved).item(),
+            "noise loss": loss_gap["eager again"], "noise weights": ((again - eager).norm() / moved).item()}
 
 
 def agreement(steps: int, device: torch.device) -> bool:
