@@ -4,10 +4,14 @@ What it keeps from zibojia/RSLAD's `*_rslad_*.py` (official_semantics.md §2): f
 over PIL images with torchvision's RandomCrop + RandomHorizontalFlip + ToTensor; student and teacher
 wrapped in nn.DataParallel; a fresh teacher forward on every batch; the attack in eval mode, stepping
 with `loss.backward()` into x_adv.grad (and the weights' .grad, cleared by `optimizer.zero_grad()`);
-the outer loss as the mean over B x C elements. It trains; it is not used by the kit.
+the outer loss as the mean over B x C elements; `cudnn.deterministic = True`, which the official script
+sets at its top (`as_shipped`). It trains; it is not used by the kit.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -37,6 +41,18 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(pil), int(self.labels[i])
 
 
+@contextmanager
+def as_shipped() -> Iterator[None]:
+    """cuDNN as the official script leaves it: deterministic kernels, no autotuner (torch's default,
+    which the kit turns on when not deterministic); the caller's settings after."""
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
 def loader(images: np.ndarray, labels: np.ndarray, batch_size: int, padding: int, workers: int):
     return torch.utils.data.DataLoader(PILImages(images, labels, padding), batch_size=batch_size, shuffle=True,
                                        num_workers=workers, pin_memory=torch.cuda.is_available())
@@ -63,9 +79,11 @@ def rslad_inner(student: nn.Module, teacher_logits: Tensor, x: Tensor, optimizer
 
 
 def train_epoch(student: nn.Module, teacher: nn.Module, optimizer, batches, device, *, eps: float,
-                step_size: float, steps: int, max_batches: int | None = None) -> int:
-    """One epoch (or `max_batches`) of official-structure RSLAD; returns the number of images seen."""
-    student, teacher = nn.DataParallel(student), nn.DataParallel(teacher)
+                step_size: float, steps: int, max_batches: int | None = None,
+                device_ids: list[int] | None = None) -> int:
+    """One epoch (or `max_batches`) of official-structure RSLAD; returns the number of images seen.
+    `device_ids`: the GPUs DataParallel splits each batch over (as shipped: every visible GPU)."""
+    student, teacher = nn.DataParallel(student, device_ids), nn.DataParallel(teacher, device_ids)
     teacher.eval()
     seen = 0
     for i, (x, _) in enumerate(batches):

@@ -5,10 +5,12 @@
     OMP_NUM_THREADS=1 python benchmarks/speed.py scaling     # epoch time vs PGD steps and vs dataset size
     OMP_NUM_THREADS=1 python benchmarks/speed.py memory      # peak CPU memory of a step vs batch size
     OMP_NUM_THREADS=1 python benchmarks/speed.py layout      # classroom epochs, NCHW vs channels-last
+    python benchmarks/speed.py agree                         # graphed = eager? the paper's models (needs CUDA)
     python benchmarks/speed.py gpu                           # ResNet-18 + WRN-34-10 on a GPU (needs CUDA)
 
 Prints Markdown rows; docs/benchmarks.md keeps measured copies with the machine and commit. Both
 loops see the same models, data sizes, batch size and attack; "images/s" counts training images.
+Lines starting with "=> " are the verdicts benchmarks/gpu_check.sh collects into its summary.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import argparse
 import multiprocessing
 import os
 import platform
+import queue as queues
 import resource
 import subprocess
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +41,7 @@ from rslad_kit.models import WideResNet
 from rslad_kit.train import make_graphs, train, train_step
 
 CIFAR_TRAIN = 49_000   # CIFAR-10's training images less the 1,000 held out for validation
+DEFAULT_BATCHES = {"gpu": 30, "agree": 3}   # timed (or compared) batches; 2 elsewhere
 
 
 def machine(threads: str) -> str:
@@ -85,16 +90,20 @@ def kit_images_per_s(student, teacher, split: data.Split, cfg: TrainConfig, batc
 
 def official_images_per_s(student, teacher, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
                           batches: int, padding: int, workers: int, device, warmup: int = 1) -> float:
+    """The official loop as shipped (cuDNN settings included), on one device: on a machine with several
+    GPUs its DataParallel would otherwise split each batch over all of them."""
     batches_iter = official_loop.loader(images, labels, cfg.batch_size, padding, workers)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
     a = cfg.attack
-    run = dict(eps=a.eps, step_size=a.step_size, steps=a.steps)
+    run = dict(eps=a.eps, step_size=a.step_size, steps=a.steps,
+               device_ids=[torch.device(device).index or 0] if torch.device(device).type == "cuda" else None)
     it = iter(batches_iter)
-    official_loop.train_epoch(student, teacher, optimizer, it, device, **run, max_batches=warmup)
-    _sync()
-    start = time.perf_counter()
-    seen = official_loop.train_epoch(student, teacher, optimizer, it, device, **run, max_batches=batches)
-    _sync()
+    with official_loop.as_shipped():
+        official_loop.train_epoch(student, teacher, optimizer, it, device, **run, max_batches=warmup)
+        _sync()
+        start = time.perf_counter()
+        seen = official_loop.train_epoch(student, teacher, optimizer, it, device, **run, max_batches=batches)
+        _sync()
     return seen / (time.perf_counter() - start)
 
 
@@ -300,6 +309,9 @@ def part_layout(args) -> None:
         print(f"| {name} | {nchw:.3f} | {last:.3f} | {nchw / last:.2f} |")
 
 
+BARRIER_TIMEOUT = 600   # s: longer than any worker needs to build its models and capture its graphs
+
+
 def _gpu_worker(batches: int, settings: dict, barrier, queue) -> None:
     """One of several processes on the GPU; all start their timed windows together (`barrier`), so the
     rates they report overlap in time and add up to the GPU's total."""
@@ -308,13 +320,131 @@ def _gpu_worker(batches: int, settings: dict, barrier, queue) -> None:
     split = synthetic_cifar(cfg.batch_size * (batches + 4)).to("cuda")
     queue.put(kit_images_per_s(fresh("resnet18", device="cuda"),
                                fresh("wrn-34-10", device="cuda").eval().requires_grad_(False),
-                               split, cfg, batches, 4, warmup=3, ready=barrier.wait))
+                               split, cfg, batches, 4, warmup=3, ready=lambda: barrier.wait(BARRIER_TIMEOUT)))
+
+
+def run_workers(target: Callable, args: tuple, n: int, *, timeout: float = 2 * BARRIER_TIMEOUT,
+                context=None) -> list[float]:
+    """The numbers `n` processes of `target(*args, barrier, queue)` put on `queue`, one each.
+
+    A worker that dies before reporting (killed, out of memory, an exception) ends the run at once with
+    one line, and the others are stopped: they would otherwise wait at the barrier (each gives up
+    after BARRIER_TIMEOUT as well). So does a run that has not reported within `timeout` seconds.
+    """
+    context = context or multiprocessing.get_context("spawn")   # CUDA cannot be forked
+    queue, barrier = context.Queue(), context.Barrier(n)
+    procs = [context.Process(target=target, args=(*args, barrier, queue)) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    results, deadline = [], time.monotonic() + timeout
+    try:
+        while len(results) < n:
+            try:
+                results.append(queue.get(timeout=1))
+            except queues.Empty:
+                dead = [(i, proc.exitcode) for i, proc in enumerate(procs, 1) if proc.exitcode not in (None, 0)]
+                if dead:
+                    raise SystemExit(f"speed.py: worker {dead[0][0]} of {n} exited with code {dead[0][1]} before "
+                                     "reporting its rate (its traceback, if any, is above); the others were stopped")
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"speed.py: {n - len(results)} of {n} workers did not report within "
+                                     f"{timeout:.0f} s; they were stopped")
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    return results
+
+
+# --- graphed against eager ------------------------------------------------------------------------
+
+BF16_TOLERANCE = {"loss": 0.02, "weights": 0.05}   # chosen before any GPU run (see graphed_vs_eager)
+
+
+def graphed_vs_eager(cfg: TrainConfig, steps: int, device: torch.device) -> dict[str, float | bool]:
+    """Three ResNet-18 students from the same weights, distilled from one WRN-34-10 on the same
+    batches (`steps` full ones and a smaller last one, which gets its own graph): two eagerly, one
+    through `cfg.cuda_graphs`. Returns whether the graphed weights equal the eager ones bitwise, the
+    largest relative gap in a loss term over the steps, and the weights' gap relative to how far
+    the eager steps moved them; the same gaps between the two eager copies are the noise floor (zero
+    with deterministic kernels). In bf16 the sign steps of PGD flip wherever a gradient is near
+    zero, so only closeness is expected there: BF16_TOLERANCE."""
+    teacher = fresh("wrn-34-10", device=device).eval().requires_grad_(False)
+    students = {name: fresh("resnet18", device=device) for name in ("eager", "eager again", "graphed")}
+    if cfg.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+        students = {k: m.to(memory_format=torch.channels_last) for k, m in students.items()}
+    start = {k: v.clone() for k, v in students["eager"].state_dict().items()}
+    eager_cfg = replace(cfg, cuda_graphs="off")
+    attack, graph = make_graphs(cfg, students["graphed"], teacher, num_classes=10)
+    split = synthetic_cifar(cfg.batch_size * steps + 7, seed=1).to(device)
+    optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for k, m in students.items()}
+    loss_gap = {"graphed": 0.0, "eager again": 0.0}
+    for i in range(0, len(split), cfg.batch_size):
+        x, y = split.x[i:i + cfg.batch_size], split.y[i:i + cfg.batch_size]
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        terms = {k: train_step(m, teacher, optimizers[k], x, y, eager_cfg if k != "graphed" else cfg, num_classes=10,
+                               attack=attack if k == "graphed" else None, graph=graph if k == "graphed" else None)
+                 for k, m in students.items()}
+        for k in loss_gap:
+            gaps = [(terms[k][t] - terms["eager"][t]).abs() / terms["eager"][t].abs().clamp_min(1e-12)
+                    for t in terms["eager"]]
+            loss_gap[k] = max(loss_gap[k], torch.stack(gaps).max().item())
+
+    def flat(state: dict) -> torch.Tensor:
+        return torch.cat([v.flatten().double() for v in state.values() if v.is_floating_point()])
+
+    eager, again, graphed = (flat(students[k].state_dict()) for k in ("eager", "eager again", "graphed"))
+    moved = (eager - flat(start)).norm()
+    return {"bitwise": all(torch.equal(a, b) for a, b in zip(students["eager"].state_dict().values(),
+                                                              students["graphed"].state_dict().values())),
+            "loss": loss_gap["graphed"], "weights": ((graphed - eager).norm() / moved).item(),
+            "noise loss": loss_gap["eager again"], "noise weights": ((again - eager).norm() / moved).item()}
+
+
+def agreement(steps: int, device: torch.device) -> bool:
+    """Graphed against eager for both graph scopes, on the paper's models, without random starts
+    (a replay draws its numbers in another order than eager PGD): bitwise in fp32 with deterministic
+    kernels, within BF16_TOLERANCE in bf16 + channels_last. Prints a table; True if every row holds."""
+    base = preset("cifar10", "rslad", teacher="x")
+    base = replace(base, attack=replace(base.attack, random_start="none"))
+    print(f"| graphed vs eager (ResNet-18 + WRN-34-10, batch {base.batch_size}, {steps} steps + a last batch of 7, "
+          "no random start) | bitwise | loss gap | weight gap | eager vs eager: loss, weights | holds |")
+    print("|---|---|---|---|---|---|")
+    holds = True
+    for precision, settings, deterministic in (("fp32, deterministic", {}, True),
+                                               ("bf16 + channels_last", dict(bf16=True, channels_last=True), False)):
+        gpu.set_deterministic(deterministic)
+        for scope in ("attack", "step"):
+            r = graphed_vs_eager(replace(base, cuda_graphs=scope, **settings), steps, device)
+            ok = r["bitwise"] if deterministic else (r["loss"] <= BF16_TOLERANCE["loss"]
+                                                     and r["weights"] <= BF16_TOLERANCE["weights"])
+            holds &= ok
+            print(f"| {precision}, cuda_graphs={scope} | {r['bitwise']} | {r['loss']:.2e} | {r['weights']:.2e} "
+                  f"| {r['noise loss']:.2e}, {r['noise weights']:.2e} | {'yes' if ok else 'NO'} |")
+    gpu.set_deterministic(False)
+    print(f"=> graphed vs eager: {'holds' if holds else 'FAILS'} (fp32 deterministic: bitwise; bf16 + "
+          f"channels_last: loss gap <= {BF16_TOLERANCE['loss']}, weight gap <= {BF16_TOLERANCE['weights']})")
+    return holds
+
+
+def part_agree(args) -> None:
+    """Whether the graphed paths compute what the eager one does (exit status 1 if not)."""
+    if not torch.cuda.is_available():
+        raise SystemExit("agree: no CUDA device here; CUDA graphs need one")
+    if not agreement(args.batches, torch.device("cuda")):
+        raise SystemExit(1)
 
 
 def part_gpu(args) -> None:
-    """ResNet-18 + WRN-34-10 on one GPU: images/s, seconds per epoch, the 300-epoch row, the plan."""
+    """ResNet-18 + WRN-34-10 on one GPU: images/s, seconds per epoch, the 300-epoch row, the plan;
+    first, whether the graphed rows compute what the eager ones do (`agreement`, 2 steps)."""
     if not torch.cuda.is_available():
         raise SystemExit("gpu: no CUDA device here; docs/benchmarks.md lists these rows as unmeasured")
+    agreement(2, torch.device("cuda"))
+    print()
     dev = torch.device("cuda")
     cfg = preset("cifar10", "rslad", teacher="x")
     split = synthetic_cifar(cfg.batch_size * (args.batches + 4))
@@ -337,27 +467,26 @@ def part_gpu(args) -> None:
                                        fresh("wrn-34-10", device=dev).eval().requires_grad_(False), split,
                                        replace(cfg, **settings), args.batches, 4, warmup=3)]
     gpu.set_deterministic(False)
-    print("| loop (ResNet-18 + WRN-34-10, batch 128, PGD-10) | images/s | ratio | s / CIFAR-10 epoch "
-          "| 300-epoch RSLAD row (h) |\n|---|---|---|---|---|")
+    print(f"| loop (ResNet-18 + WRN-34-10, batch 128, PGD-10, {args.batches} timed steps) | images/s | ratio "
+          "| s / CIFAR-10 epoch | 300-epoch RSLAD row (h) |\n|---|---|---|---|---|")
     base = rows["official"][0]
     for name, (rate,) in rows.items():
-        label = "official structure (PIL loader, 2 workers, DataParallel)" if name == "official" else name
+        label = ("official as shipped (PIL loader, 2 workers, DataParallel on this GPU, cudnn.deterministic)"
+                 if name == "official" else name)
         print(f"| {label} | {rate:,.0f} | {rate / base:.2f} | {CIFAR_TRAIN / rate:.0f} | "
               f"{300 * CIFAR_TRAIN / rate / 3600:.2f} |")
 
     best = max(variants, key=lambda k: rows[k][0])
+    print(f"\n=> official loop as shipped: {base:,.0f} images/s")
+    for name in variants:
+        if "channels_last" in name:   # the fast precision; fp32 rows are in the table
+            print(f"=> {name}: {rows[name][0]:,.0f} images/s, {rows[name][0] / base:.2f}x the official loop")
+    print(f"=> fastest, {best}: 300-epoch CIFAR-10 RSLAD row {300 * CIFAR_TRAIN / rows[best][0] / 60:.0f} minutes "
+          "(target: 75 or less; the graphed step's target: 2.5x the official loop)")
     print(f"\n| {best}: workers on this GPU | total images/s |\n|---|---|")
-    context = multiprocessing.get_context("spawn")
     for n in (1, 2, 4):
-        queue, barrier = context.Queue(), context.Barrier(n)
         # 20+ batches each: a window long enough that start-up stagger does not decide the total
-        procs = [context.Process(target=_gpu_worker, args=(max(args.batches, 20), variants[best], barrier, queue))
-                 for _ in range(n)]
-        for p in procs:
-            p.start()
-        total = sum(queue.get() for _ in procs)
-        for p in procs:
-            p.join()
+        total = sum(run_workers(_gpu_worker, (max(args.batches, 20), variants[best]), n))
         print(f"| {n} | {total:,.0f} |")
     print(f"MPS running: {gpu.mps_running()}")
 
@@ -378,22 +507,23 @@ def part_gpu(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("classroom", "large", "scaling", "memory", "layout", "gpu"))
+    parser.add_argument("part", choices=("classroom", "large", "scaling", "memory", "layout", "agree", "gpu"))
     parser.add_argument("--repeats", type=int, default=2, help="each loop this often; the best run counts")
-    parser.add_argument("--batches", type=int, default=2, help="timed batches (large, gpu)")
+    parser.add_argument("--batches", type=int, help="timed batches (large: 2, gpu: 30), compared steps (agree: 3)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (large)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (layout)")
     parser.add_argument("--loader-workers", type=int, default=2, help="the official DataLoader's workers (classroom)")
     parser.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2],
                         help="torch threads for both loops, one table row group each (classroom; default 1,2)")
     args = parser.parse_args()
+    args.batches = args.batches or DEFAULT_BATCHES.get(args.part, 2)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # the deterministic GPU variant needs this before CUDA starts (it fixes cuBLAS's workspace for all)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", gpu.CUBLAS_WORKSPACE)
     threads = "T in each row" if args.part == "classroom" else str(torch.get_num_threads())
     print(machine(threads) + "\n")
     parts = {"classroom": part_classroom, "large": part_large, "scaling": part_scaling, "memory": part_memory,
-             "layout": part_layout, "gpu": part_gpu}
+             "layout": part_layout, "agree": part_agree, "gpu": part_gpu}
     parts[args.part](args)
 
 

@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--partition", help="Slurm partition")
     sw.add_argument("--timeout-min", type=int, default=24 * 60,
                     help="a job's time limit; a job that reaches it is requeued and resumes")
-    sw.add_argument("--gpus-per-job", type=int, help="default: 1 on Slurm, 0 locally")
+    sw.add_argument("--gpus-per-job", type=int,
+                    help="default: 1 on Slurm; locally, each job on one visible GPU, round robin (0: the CPU)")
     sw.add_argument("--parallel", type=int, default=4, help="jobs running at once")
     sw.add_argument("--threads-per-job", type=int, default=1, help="torch CPU threads in each job")
     sw.add_argument("--data-root", default="data", help="where CIFAR is (or is downloaded to); default: data")

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from rslad_kit import gpu
 from rslad_kit.errors import UserError
 
 
@@ -50,6 +51,17 @@ class Context:
 def launched_rank() -> int:
     """This process's rank as torchrun set it (0 when not launched by torchrun), before any setup."""
     return int(os.environ.get("RANK", "0"))
+
+
+def check_gpus(device: torch.device) -> None:
+    """Under torchrun on GPUs, each process on this machine needs a GPU of its own (NCCL cannot share
+    one between ranks): refuse, before anything starts, more processes than GPUs."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    gpus = gpu.gpu_count()
+    if device.type == "cuda" and processes > 1 and processes > gpus:
+        raise UserError(f"torchrun started {processes} processes on this machine but it has {gpus} GPU(s), and each "
+                        f"process needs its own; pass --nproc-per-node {max(gpus, 1)}, or --device cpu to train "
+                        "on the CPU")
 
 
 def setup(device: torch.device) -> tuple[Context, torch.device]:
@@ -105,14 +117,20 @@ def shard_split(x: Tensor, ctx: Context) -> Tensor:
     return x.tensor_split(ctx.world_size)[ctx.rank] if ctx.active else x
 
 
+def sum_over_ranks(t: Tensor, ctx: Context) -> Tensor:
+    """`t` summed over ranks (`t` itself when not distributed)."""
+    if ctx.active:
+        dist.all_reduce(t)
+    return t
+
+
 def total(values: dict[str, float], ctx: Context, device: torch.device) -> dict[str, float]:
     """`values` summed over ranks (per-key)."""
     if not ctx.active or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
+    return dict(zip(keys, sum_over_ranks(t, ctx).tolist()))
 
 
 def seed_offset(ctx: Context) -> int:

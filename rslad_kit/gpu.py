@@ -22,7 +22,7 @@ MPS_PIPE_DIR = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
 
 
 def set_deterministic(on: bool) -> None:
-    """Deterministic kernels on (or torch's defaults back), for this whole process.
+    """Deterministic kernels on, or off with cuDNN's autotuner on (the fastest kernels), for this whole process.
 
     cuBLAS reads CUBLAS_WORKSPACE_CONFIG when CUDA starts: it is set here if CUDA has not started yet,
     else it must already be in the environment (export it before launching Python).
@@ -32,7 +32,9 @@ def set_deterministic(on: bool) -> None:
             raise UserError("deterministic=True needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts; "
                             f"export CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} and rerun")
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
-    torch.backends.cudnn.benchmark = False
+    # cuDNN's autotuner times several algorithms per input shape and keeps the fastest, which pays in
+    # training (a few fixed shapes) but may pick differently from run to run: off only when deterministic.
+    torch.backends.cudnn.benchmark = not on
     torch.backends.cudnn.deterministic = on
     # warn_only: an op without a deterministic CUDA kernel warns (naming itself) instead of stopping
     # a long run; the kit's models and losses use none (tests/test_gpu.py checks resume on a GPU).
@@ -45,10 +47,23 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def visible_gpus(count: int) -> list[str]:
+    """The names of the first `count` GPUs this process sees, as CUDA_VISIBLE_DEVICES names them.
+
+    A scheduler or a shared node may already have narrowed them down (Slurm's "3,5", a list of MIG
+    UUIDs): a process given one of them must be given that name, since index 0 means the first
+    *physical* GPU to a process that no longer inherits the list. Without the variable: "0".."count-1".
+    """
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited is None:
+        return [str(i) for i in range(count)]
+    return [name.strip() for name in inherited.split(",")][:count]   # CUDA ignores names past the GPUs it found
+
+
 def pin_worker(slot: int, gpus: int) -> None:
-    """Give worker number `slot` (1-based) one GPU, round robin, before it starts CUDA."""
+    """Give worker number `slot` (1-based) one of the `gpus` visible GPUs, round robin, before it starts CUDA."""
     if gpus > 0:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str((slot - 1) % gpus)
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus(gpus)[(slot - 1) % gpus]
 
 
 def mps_running() -> bool:

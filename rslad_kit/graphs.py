@@ -13,7 +13,10 @@ channels_last; the whole step (teacher forward, attack, outer forwards and backw
 A graph replays fixed shapes from fixed memory: each batch is copied into static tensors, and each
 input shape gets its own graph (the epoch's last, smaller batch is captured once more; no batch is
 dropped). Weights are read in place, so every replay sees the optimiser's latest update. Nothing in a
-graph may sync with the host, which is why the input checks run before each replay.
+graph may sync with the host, which is why the input checks run before each replay (or, in `train`,
+once on the whole training split). A replay draws its random starts from the global generator as it
+stands, and the warm-up before a capture draws in a forked generator, so a run that captures its
+graphs later (a resumed one) draws the same numbers as one that captured them earlier.
 """
 
 from __future__ import annotations
@@ -76,24 +79,34 @@ class GraphCache:
     def _capture(self, fn: Callable[..., Any], inputs: dict[str, Tensor], reset: Callable[[], None]):
         static = {name: value.clone() for name, value in inputs.items()}
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        device = next(iter(inputs.values())).device
         try:
-            # Warm up on a side stream (cuDNN and autograd allocate lazily), as torch.cuda.graph requires.
-            reset()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    fn(**static)
-            torch.cuda.current_stream().wait_stream(side)
-            reset()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):   # records; nothing runs until a replay
-                out = fn(**static)
+            # The warm-up draws random starts like a step: without the fork, the steps after a capture
+            # would draw other numbers, and a resumed run (which captures in another epoch) would
+            # not repeat the uninterrupted one. A replay draws from the generator as it is then.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                replay, out = self._record(fn, static, reset)
         finally:
             with torch.no_grad():   # train-mode warm-ups moved BatchNorm's running stats: put them back
                 for name, b in self.model.named_buffers():
                     b.copy_(buffers[name])
-        return graph.replay, static, out
+        return replay, static, out
+
+    def _record(self, fn: Callable[..., Any], static: dict[str, Tensor], reset: Callable[[], None]):
+        """(replay, outputs): `fn(**static)` warmed up, then recorded into a CUDA graph."""
+        # Warm up on a side stream (cuDNN and autograd allocate lazily), as torch.cuda.graph requires.
+        reset()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                fn(**static)
+        torch.cuda.current_stream().wait_stream(side)
+        reset()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):   # records; nothing runs until a replay
+            out = fn(**static)
+        return graph.replay, out
 
 
 def signature(x: Tensor) -> tuple:
@@ -102,15 +115,21 @@ def signature(x: Tensor) -> tuple:
 
 
 class GraphedPGD:
-    """`attack(x, y, t_nat) -> x_adv`: PGD with `objective(x, y, t_nat)`, replayed from CUDA graphs."""
+    """`attack(x, y, t_nat) -> x_adv`: PGD with `objective(x, y, t_nat)`, replayed from CUDA graphs.
+
+    `check=False` skips the check that `x` lies in [0,1], which makes the host wait for the device
+    at every call: for callers that checked their images once (`train` checks the whole split).
+    """
 
     def __init__(self, model: nn.Module, attack: AttackConfig, objective: ObjectiveFactory, *,
-                 bf16: bool = False, warmup: int = 3) -> None:
+                 bf16: bool = False, warmup: int = 3, check: bool = True) -> None:
         self.run = capturable_attack(model, attack, objective, bf16=bf16)
         self.graphs = GraphCache(model, warmup)
+        self.check = check
 
     def __call__(self, x: Tensor, y: Tensor, t_nat: Tensor | None) -> Tensor:
-        atk.check_images(x)   # syncs with the host: outside the graph
+        if self.check:
+            atk.check_images(x)   # syncs with the host: outside the graph
         inputs = {"x": x, "y": y} | ({} if t_nat is None else {"t_nat": t_nat})
         out = self.graphs.replay((signature(x), t_nat is None), self.run, inputs)
         return out.clone()   # the next replay overwrites `out`
@@ -124,17 +143,18 @@ class GraphedStep:
     gradients are in the parameters' `.grad`, ready for an eager `optimizer.step()`. Do not zero them
     in between: each graph writes its gradients into tensors of its own, and `.grad` is pointed at
     them after its replay. `reads_epoch`: the terms depend on the epoch (IAD's warm-up), so each
-    epoch is captured anew and the previous epoch's graphs are freed.
+    epoch is captured anew and the previous epoch's graphs are freed. `check`: as for GraphedPGD.
     """
 
     def __init__(self, model: nn.Module, terms: Callable[[Tensor, Tensor, int], dict[str, Tensor]], *,
-                 reads_epoch: bool = False, warmup: int = 3) -> None:
-        self.terms, self.reads_epoch = terms, reads_epoch
+                 reads_epoch: bool = False, warmup: int = 3, check: bool = True) -> None:
+        self.terms, self.reads_epoch, self.check = terms, reads_epoch, check
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.graphs = GraphCache(model, warmup)
 
     def __call__(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, Tensor]:
-        atk.check_images(x)   # syncs with the host: outside the graph
+        if self.check:
+            atk.check_images(x)   # syncs with the host: outside the graph
         key = (signature(x), epoch if self.reads_epoch else None)
         if self.reads_epoch and key not in self.graphs:
             self.graphs.keep(lambda k: k[1] == epoch)

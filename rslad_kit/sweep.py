@@ -12,13 +12,15 @@ time limit comes, submitit requeues the same call, and `run_task` resumes the ru
 
     rslad-kit sweep --preset cifar10 --executor slurm --partition gpu --timeout-min 1440 --parallel 16
 
-`--executor local` runs the same jobs as processes here (at most `--parallel` at a time); logs of
+`--executor local` runs the same jobs as processes here (at most `--parallel` at a time), each on one
+of the visible GPUs, round robin (on the CPU where there is none, or with `--gpus-per-job 0`); logs of
 every job are under `<out>/<preset>/submitit/`.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +30,7 @@ import submitit
 import torch
 from tqdm.auto import tqdm
 
-from rslad_kit import report, runs, teacher_study
+from rslad_kit import gpu, report, runs, teacher_study
 from rslad_kit.errors import UserError
 from rslad_kit.plan import Plan, Task
 from rslad_kit.reproduce import build_plan, check_results_folder, run_task
@@ -87,9 +89,29 @@ def executor(kind: str, folder: Path, *, timeout_min: int, partition: str | None
     return ex
 
 
+def local_gpus(gpus_per_job: int | None) -> list[str]:
+    """The GPUs the local executor spreads its jobs over, one GPU per job (a run trains on one): every
+    visible GPU by default, none with `gpus_per_job=0` (the jobs then train on the CPU)."""
+    visible = gpu.visible_gpus(gpu.gpu_count())
+    if gpus_per_job is None:
+        return visible
+    if gpus_per_job > 1:
+        raise UserError(f"--gpus-per-job {gpus_per_job}: a local job trains on one GPU; pass 1, or 0 for the CPU")
+    if gpus_per_job == 1 and not visible:
+        raise UserError("--gpus-per-job 1 but no GPU is visible here; drop it to train on the CPU")
+    return visible if gpus_per_job == 1 else []
+
+
+def start_on_gpu(ex: submitit.AutoExecutor, device: str) -> None:
+    """Start the local executor's next job on GPU `device` (a name from gpu.visible_gpus). submitit's own
+    `gpus_per_node` would give every job GPU 0 and ignore an inherited CUDA_VISIBLE_DEVICES."""
+    ex.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={shlex.quote(device)}"])
+
+
 def dispatch(plan: Plan, ex: submitit.AutoExecutor, *, parallel: int = 4, threads: int = 1,
-             progress: bool = True) -> list[str]:
-    """Submit the plan's unfinished tasks wave by wave and wait for them; returns the submitted names."""
+             progress: bool = True, devices: list[str] | None = None) -> list[str]:
+    """Submit the plan's unfinished tasks wave by wave and wait for them; returns the submitted names.
+    `devices`: the GPUs local jobs start on, round robin (`local_gpus`)."""
     submitted: list[str] = []
     todo = [t for t in plan.tasks() if not is_done(t, plan)]
     bar = tqdm(total=len(todo), desc=f"sweep {plan.preset}", disable=not progress, dynamic_ncols=True)
@@ -98,8 +120,14 @@ def dispatch(plan: Plan, ex: submitit.AutoExecutor, *, parallel: int = 4, thread
         chunk = len(wave) if ex.cluster == "slurm" else max(1, parallel)
         for start in range(0, len(wave), chunk):
             part = wave[start:start + chunk]
-            with ex.batch():
-                jobs = [ex.submit(Job(), task, plan, threads) for task in part]
+            if devices:   # one job at a time: parameters cannot change inside a batch
+                jobs = []
+                for i, task in enumerate(part):
+                    start_on_gpu(ex, devices[i % len(devices)])
+                    jobs.append(ex.submit(Job(), task, plan, threads))
+            else:
+                with ex.batch():
+                    jobs = [ex.submit(Job(), task, plan, threads) for task in part]
             for job, task in zip(jobs, part):
                 job.result()   # re-raises the job's error, with its log path
                 submitted.append(task.name)
@@ -121,13 +149,14 @@ def run(p: str, *, out: str | Path = "results", study: str = "reproduce", kind: 
         plan, lad = teacher_study.build_plan(p, out, seeds=seeds, **overrides)
     else:
         plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
+    devices = local_gpus(gpus) if kind == "local" else []
     gpus = (1 if kind == "slurm" else 0) if gpus is None else gpus
-    ex = executor(kind, plan.out / "submitit", timeout_min=timeout_min, partition=partition, gpus=gpus,
-                  cpus=threads, parallel=parallel)
+    ex = executor(kind, plan.out / "submitit", timeout_min=timeout_min, partition=partition,
+                  gpus=0 if kind == "local" else gpus, cpus=threads, parallel=parallel)   # local: `devices`
     started = time.perf_counter()
     with runs.lock(plan.out, "sweep"):   # the folder's one writer, on its own results, as for reproduce
         check_results_folder(plan)
-        dispatch(plan, ex, parallel=parallel, threads=threads, progress=progress)
+        dispatch(plan, ex, parallel=parallel, threads=threads, progress=progress, devices=devices)
         if study == "teacher":
             teacher_study.write(plan, lad)
         else:

@@ -178,25 +178,27 @@ def train_step(
     num_classes: int | None = None,
     attack: graphs.Attack | None = None,
     graph: graphs.GraphedStep | None = None,
-) -> dict[str, float]:
-    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms.
+) -> dict[str, Tensor]:
+    """One optimisation step of `cfg.method` on a batch; returns the loss and its terms (detached 0-dim
+    tensors on the batch's device).
 
-    `graph` (built by `make_graphs` for `cuda_graphs="step"`) replays the forwards and the backward,
-    which leave the gradients in `.grad`; only the optimiser's step then runs eagerly. The graph holds
-    its own student, teacher and attack, so with it those arguments go unread.
+    Nothing here waits for the device: reading a value (`.item()`) makes the host wait for the step to
+    finish, so read them only when needed (`train` reads the sums every SYNC_EVERY steps, and stops a
+    run whose loss is NaN or infinite there). `graph` (built by `make_graphs` for
+    `cuda_graphs="step"`) replays the forwards and the backward, which leave the gradients in `.grad`;
+    only the optimiser's step then runs eagerly. The graph holds its own student, teacher and attack,
+    so with it those arguments go unread.
     """
     if graph is not None:
         terms = graph(x, y, epoch)
     else:
         terms = loss_terms(student, teacher, x, y, cfg, epoch=epoch, num_classes=num_classes, attack=attack)
     loss = sum(terms.values())
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"the {cfg.method} loss became {loss.item()} at epoch {epoch}")
     if graph is None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
     optimizer.step()
-    return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+    return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
 
 
 def _no_grad(model: nn.Module, x: Tensor) -> Tensor:
@@ -338,6 +340,27 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+# Steps between reads of the loss sums on the host. A read makes the host wait for the device, so the
+# GPU would idle between steps if it came every step; every 50 steps still stops a diverged run within
+# seconds. Under torchrun the read is an all-reduce, so every rank sees a NaN on any rank at once.
+SYNC_EVERY = 50
+
+
+def _read_window(window: dict[str, Tensor], ctx: dist_lib.Context) -> dict[str, float]:
+    """The sums of a window of steps, over all ranks, on the host (the window's one host sync)."""
+    names = sorted(window)
+    summed = dist_lib.sum_over_ranks(torch.stack([window[name] for name in names]), ctx)
+    window.clear()
+    return dict(zip(names, summed.tolist()))
+
+
+def _check_finite(value: float, cfg: TrainConfig, epoch: int, last_saved: int, out: Path) -> None:
+    if not math.isfinite(value):
+        kept = f"the last good checkpoint (epoch {last_saved}) is kept in {out}" if last_saved else "nothing was saved"
+        raise TrainingDiverged(f"the {cfg.method} loss became {value} at epoch {epoch}; {kept}; "
+                               "lower --lr or check the teacher")
+
+
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
           dataset: data_lib.Dataset | None = None, position: int = 0,
           on_epoch: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
@@ -350,6 +373,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     out = Path(out)
     # --- cheap checks first: names, values, the folder, the resume state; then data and models
     check_config(cfg)
+    dist_lib.check_gpus(resolve_device(cfg.device))
     last_path = out / "last.pt"
     if resume and not last_path.is_file():
         raise UserError(f"--resume: no checkpoint in {out}; drop --resume to start a new run there")
@@ -385,6 +409,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
         raise UserError(f"batch_size={cfg.batch_size} but {cfg.dataset} has {len(ds.train)} training examples; "
                         f"pass a smaller batch size (e.g. --set batch_size={min(128, len(ds.train))})")
     dist_lib.check_batches(len(ds.train), cfg.batch_size, ctx)
+    atk.check_images(ds.train.x)   # once, not per step: crops and flips keep each batch inside its range
     meta = {"config": to_dict(cfg), "seed": cfg.seed, "num_classes": ds.num_classes,
             "in_channels": ds.in_channels, "data_sha256": runs.data_checksum(ds.train, ds.val)}
     teacher = None
@@ -418,75 +443,76 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     val_shard = data_lib.Split(dist_lib.shard_split(val_split.x, ctx), dist_lib.shard_split(val_split.y, ctx))
     loader = data_lib.TensorLoader(train_split, cfg.batch_size, shuffle=True, augment=cfg.augment,
                                    padding=ds.crop_padding, flip=ds.flip, seed=cfg.seed)
-    bar = tqdm(total=(cfg.epochs - start) * len(loader), desc=f"{cfg.method} {out.name}",
-               disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True, position=position)
-    for epoch in range(start + 1, cfg.epochs + 1):
-        began = time.perf_counter()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch) + dist_lib.seed_offset(ctx))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
-        sums: dict[str, float] = defaultdict(float)
-        for x, y in dist_lib.shard(loader.epoch(epoch), ctx):
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            try:
+    # closed on an error too, so the error's line starts on a clean line
+    with tqdm(total=(cfg.epochs - start) * len(loader), desc=f"{cfg.method} {out.name}",
+              disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True, position=position) as bar:
+        for epoch in range(start + 1, cfg.epochs + 1):
+            began = time.perf_counter()
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch) + dist_lib.seed_offset(ctx))
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch)
+            sums: dict[str, float] = defaultdict(float)   # the epoch's, over all ranks, on the host
+            window: dict[str, Tensor] = {}                 # this rank's since the last read, on the device
+            for i, (x, y) in enumerate(dist_lib.shard(loader.epoch(epoch), ctx), start=1):
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 terms = train_step(model, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=ds.num_classes,
                                    attack=attack, graph=graph)
-            except TrainingDiverged as e:
-                raise TrainingDiverged(f"{e}; the last good checkpoint (epoch {start}) is kept in {out}; "
-                                       "lower --lr or check the teacher") from None
-            for name, value in terms.items():
-                sums[name] += value * len(y)
-            bar.update()
+                for name, value in terms.items():
+                    window[name] = window.get(name, 0) + value.float() * len(y)
+                if i % SYNC_EVERY == 0 or i == len(loader):
+                    for name, value in _read_window(window, ctx).items():
+                        _check_finite(value, cfg, epoch, start, out)
+                        sums[name] += value
+                bar.update()
 
-        # --- validation on the held-out split; the paper selects checkpoints by PGD_TRADES
-        sums = dist_lib.total(sums, ctx, device)
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch),
-                                  **{k: v / len(train_split) for k, v in sums.items()}}
-        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-            student.eval()
-            row = evaluate(student, val_shard, ["clean", "pgd_trades"], eps=cfg.attack.eps, seed=cfg.seed)
-            row = dist_lib.pooled_accuracy(row, ["clean", "pgd_trades"], len(val_shard), ctx, device)
-            student.train()
-            record |= {"val_clean": row["clean"], "val_pgd_trades": row["pgd_trades"]}
-            score = row[cfg.select_by]
-            if score > best["score"]:
-                best = {"epoch": epoch, "score": score}
-                if ctx.is_main:
-                    save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
-                         out / "best.pt")
-        record["seconds"] = round(time.perf_counter() - began, 3)
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_pgd_trades', float('nan')):.1f}")
+            # --- validation on the held-out split; the paper selects checkpoints by PGD_TRADES
+            record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch),
+                                      **{k: v / len(train_split) for k, v in sums.items()}}
+            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+                student.eval()
+                row = evaluate(student, val_shard, ["clean", "pgd_trades"], eps=cfg.attack.eps, seed=cfg.seed)
+                row = dist_lib.pooled_accuracy(row, ["clean", "pgd_trades"], len(val_shard), ctx, device)
+                student.train()
+                record |= {"val_clean": row["clean"], "val_pgd_trades": row["pgd_trades"]}
+                score = row[cfg.select_by]
+                if score > best["score"]:
+                    best = {"epoch": epoch, "score": score}
+                    if ctx.is_main:
+                        save({"model": student.state_dict(), "epoch": epoch, "metrics": record, "meta": meta},
+                             out / "best.pt")
+            record["seconds"] = round(time.perf_counter() - began, 3)
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_pgd_trades', float('nan')):.1f}")
 
-        # --- checkpoint, then the log line (on resume the log is rewritten from the checkpoint)
-        if ctx.is_main:
-            save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                  "history": history, "best": best, "meta": meta}, last_path)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-        start = epoch
-        if on_epoch is not None:
-            on_epoch(history)
-    bar.close()
+            # --- checkpoint, then the log line (on resume the log is rewritten from the checkpoint)
+            if ctx.is_main:
+                save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                      "history": history, "best": best, "meta": meta}, last_path)
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            start = epoch
+            if on_epoch is not None:
+                on_epoch(history)
     dist_lib.leave(ctx)
     return history
 
 
 def make_graphs(cfg: TrainConfig, student: nn.Module, teacher: nn.Module | None, num_classes: int
                 ) -> tuple[graphs.GraphedPGD | None, graphs.GraphedStep | None]:
-    """The CUDA-graph replays `cfg.cuda_graphs` asks for, as (attack, step); None where eager."""
+    """The CUDA-graph replays `cfg.cuda_graphs` asks for, as (attack, step); None where eager. They do
+    not check that each batch lies in [0,1] (a wait for the device): check the images beforehand."""
     if cfg.cuda_graphs == "off":
         return None, None
     objective = partial(inner_objective, cfg.objective or METHODS[cfg.method].attack, student)
     if cfg.cuda_graphs == "attack":
-        return graphs.GraphedPGD(student, cfg.attack, objective, bf16=cfg.bf16), None
+        return graphs.GraphedPGD(student, cfg.attack, objective, bf16=cfg.bf16, check=False), None
     attack = graphs.capturable_attack(student, cfg.attack, objective, bf16=cfg.bf16)
 
     def terms(x: Tensor, y: Tensor, epoch: int) -> dict[str, Tensor]:
         return loss_terms(student, teacher, x, y, cfg, epoch=epoch, num_classes=num_classes, attack=attack)
 
-    return None, graphs.GraphedStep(student, terms, reads_epoch="epoch" in METHODS[cfg.method].inputs)
+    return None, graphs.GraphedStep(student, terms, reads_epoch="epoch" in METHODS[cfg.method].inputs, check=False)
 
 
 def _check_same_inputs(saved: dict, meta: dict, out: Path) -> None:

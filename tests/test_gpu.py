@@ -8,13 +8,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import Tensor
 
 from rslad_kit import UserError, cli, gpu, train
 from rslad_kit import attacks as atk
 from rslad_kit.config import AttackConfig, from_dict, preset, to_dict
 from rslad_kit.distributed import Context
-from rslad_kit.graphs import GraphCache, GraphedPGD
+from rslad_kit.graphs import GraphedPGD
 from rslad_kit.losses import METHODS
 from rslad_kit.models import build
 
@@ -26,7 +25,7 @@ def batch(n=32, device="cpu", seed=0):
     return torch.rand(n, 1, 8, 8, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device)
 
 
-def test_deterministic_sets_the_kernels_and_off_restores_the_defaults():
+def test_deterministic_fixes_the_kernels_and_off_lets_cudnn_autotune():
     try:
         gpu.set_deterministic(True)
         assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
@@ -34,6 +33,7 @@ def test_deterministic_sets_the_kernels_and_off_restores_the_defaults():
     finally:
         gpu.set_deterministic(False)
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    assert torch.backends.cudnn.benchmark   # fixed shapes: autotuning pays when results need not repeat
 
 
 @pytest.mark.parametrize("scope", ["attack", "step"])
@@ -88,10 +88,9 @@ def test_deterministic_sets_cublas_workspace_before_cuda_starts_and_refuses_afte
 
 @pytest.mark.parametrize("graphs", ["off", "step"])
 @pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].needs_teacher])
-def test_teacher_sees_the_clean_batch_once_per_step(method, graphs, monkeypatch):
+def test_teacher_sees_the_clean_batch_once_per_step(method, graphs, graphs_on_cpu):
     """The soft labels on the clean batch are shared by the attack and the loss, on the eager path and
     in a graphed step (its capture, stood in for on a CPU, is the first step's; the second is counted)."""
-    monkeypatch.setattr(GraphCache, "_capture", eager_capture)
     x, y = batch()
     calls = []
     teacher = build("cnn-w4", 10, in_channels=1).eval().requires_grad_(False)
@@ -106,46 +105,10 @@ def test_teacher_sees_the_clean_batch_once_per_step(method, graphs, monkeypatch)
     assert calls.count(True) == 1   # (IAD also reads the teacher on x_adv)
 
 
-# --- the graphs' bookkeeping, on a CPU --------------------------------------------------------------
-# A CUDA graph replays its recorded kernels, overwriting its static outputs in place. `eager_capture`
-# stands in for graphs.GraphCache._capture with exactly that contract, by running the function again
-# at each replay and copying its results into the first run's outputs. It cannot check what only CUDA
-# can (no host sync inside a capture, the allocator); it does check which graph runs when, that the
-# gradients `.grad` points at after a replay are that replay's, and that the graphed step computes
-# what the eager one does.
-
-def _copy_into(out, new):
-    if isinstance(out, Tensor):
-        out.copy_(new)
-    elif isinstance(out, dict):
-        for k in out:
-            _copy_into(out[k], new[k])
-    else:
-        for a, b in zip(out, new):
-            _copy_into(a, b)
-
-
-def eager_capture(self, fn, inputs, reset):
-    static = {name: value.clone() for name, value in inputs.items()}
-    buffers = {name: b.clone() for name, b in self.model.named_buffers()}
-    reset()
-    out = fn(**static)   # the outputs' memory, as a capture allocates it; BatchNorm's stats are put back
-    with torch.no_grad():
-        for name, b in self.model.named_buffers():
-            b.copy_(buffers[name])
-
-    def replay():   # writes the outputs in place and, like a real replay, leaves every `.grad` binding alone
-        bound = [(p, p.grad) for p in self.model.parameters()]
-        reset()
-        _copy_into(out, fn(**static))
-        for p, grad in bound:
-            p.grad = grad
-    return replay, static, out
-
+# --- the graphs' bookkeeping, on a CPU (`graphs_on_cpu` in conftest.py stands in for the capture) ----
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_graphed_step_bookkeeping_matches_eager_steps(method, monkeypatch):
-    monkeypatch.setattr(GraphCache, "_capture", eager_capture)
+def test_graphed_step_bookkeeping_matches_eager_steps(method, graphs_on_cpu):
     # no random start: a capture draws its random numbers in another order than the eager path
     cfg = preset("smoke", method, teacher="t", attack={"random_start": "none"}, cuda_graphs="step")
     teacher = _student("cpu").eval().requires_grad_(False) if METHODS[method].needs_teacher else None
@@ -163,8 +126,7 @@ def test_graphed_step_bookkeeping_matches_eager_steps(method, monkeypatch):
     assert len(graph.graphs) == 2
 
 
-def test_graphed_attack_bookkeeping_matches_eager_pgd(monkeypatch):
-    monkeypatch.setattr(GraphCache, "_capture", eager_capture)
+def test_graphed_attack_bookkeeping_matches_eager_pgd(graphs_on_cpu):
     model = _student("cpu")
     a = AttackConfig(eps=0.2, step_size=0.08, steps=5, random_start="none")
     graphed = GraphedPGD(model, a, lambda x, y, t: atk.ce(y))
@@ -173,6 +135,44 @@ def test_graphed_attack_bookkeeping_matches_eager_pgd(monkeypatch):
         eager = atk.pgd(model, x, atk.ce(y), eps=a.eps, step_size=a.step_size, steps=a.steps, random_start="none")
         assert torch.equal(graphed(x, y, None), eager)
     assert len(graphed.graphs) == 2 and model.training
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_graphed_steps_with_random_starts_resume_bitwise(device, request):
+    """`train` reseeds every epoch from (seed, epoch); a resumed run captures its graphs in the epoch it
+    resumes in, an uninterrupted one in epoch 1, so the capture's warm-up must not move the generator
+    the replays draw their random starts from. On a CPU the capture is stood in for (eager_record);
+    on a GPU it is real, with deterministic kernels."""
+    if device == "cpu":
+        request.getfixturevalue("graphs_on_cpu")
+    cfg = preset("smoke", "rslad", teacher="t", attack={"random_start": "uniform"}, cuda_graphs="step")
+    teacher = _student(device).eval().requires_grad_(False)
+    batches = [batch(n, device, seed) for seed, n in ((0, 32), (1, 32), (2, 7))]   # the last one smaller
+
+    def train_epochs(student, optimizer, epochs):
+        _, graph = train.make_graphs(cfg, student, teacher, num_classes=10)   # a new process: new graphs
+        for epoch in epochs:
+            torch.manual_seed(epoch)
+            for x, y in batches:
+                train.train_step(student, teacher, optimizer, x, y, cfg, epoch=epoch, num_classes=10, graph=graph)
+
+    def sgd(model):
+        return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    gpu.set_deterministic(device == "cuda")
+    try:
+        straight, interrupted, resumed = _student(device), _student(device), _student(device)
+        train_epochs(straight, sgd(straight), [1, 2, 3])
+        opt = sgd(interrupted)
+        train_epochs(interrupted, opt, [1])
+        resumed.load_state_dict(interrupted.state_dict())   # what last.pt carries
+        opt_resumed = sgd(resumed)
+        opt_resumed.load_state_dict(opt.state_dict())
+        train_epochs(resumed, opt_resumed, [2, 3])
+    finally:
+        gpu.set_deterministic(False)
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
 
 
 # --- on a GPU --------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_graphed_step_matches_eager_steps_in_fp32_with_deterministic_kernels(met
             a = train.train_step(eager, teacher, opt_eager, x, y, cfg, epoch=epoch, num_classes=10)
             b = train.train_step(graphed, teacher, opt_graphed, x, y, cfg, epoch=epoch, num_classes=10, graph=graph)
             assert a.keys() == b.keys()
-            torch.testing.assert_close(torch.tensor(list(b.values())), torch.tensor(list(a.values())),
+            torch.testing.assert_close(torch.stack(list(b.values())), torch.stack(list(a.values())),
                                        rtol=1e-5, atol=1e-6)
         for (name, p), q in zip(eager.state_dict().items(), graphed.state_dict().values()):
             torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
@@ -275,13 +275,21 @@ def test_distilling_through_train_with_a_step_graph(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "best.pt").is_file() and len(made[0].graphs) >= 1
 
 
-def test_workers_spread_over_the_gpus_round_robin(monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+@pytest.mark.parametrize("inherited, names", [
+    (None, ["0", "1", "0", "1", "0"]),
+    ("3,5", ["3", "5", "3", "5", "3"]),   # Slurm or a shared node gave this process GPUs 3 and 5
+    ("MIG-a1, MIG-b2,MIG-c3", ["MIG-a1", "MIG-b2", "MIG-a1", "MIG-b2", "MIG-a1"]),   # 2 of them counted
+])
+def test_workers_spread_over_the_visible_gpus_round_robin(monkeypatch, inherited, names):
     seen = []
     for slot in range(1, 6):
+        if inherited is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", inherited)   # each worker inherits the parent's list
         gpu.pin_worker(slot, 2)
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
-    assert seen == ["0", "1", "0", "1", "0"]
+    assert seen == names
 
 
 @pytest.mark.parametrize("command", ["reproduce", "teacher-study"])

@@ -1,6 +1,8 @@
 """`rslad-kit sweep`: a plan's tasks as submitit jobs (the local executor: processes on this machine)."""
 
+import contextlib
 import os
+import types
 
 import pytest
 import submitit
@@ -89,3 +91,54 @@ def test_slurm_without_slurm_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UserError, match="srun not found"):
         sweep.executor("slurm", tmp_path, timeout_min=1)
+
+
+# --- GPUs for local jobs ---------------------------------------------------------------------------
+
+def test_local_jobs_use_every_visible_gpu_by_default(monkeypatch):
+    monkeypatch.setattr(sweep.gpu, "gpu_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")   # what Slurm or a shared node handed this process
+    assert sweep.local_gpus(None) == sweep.local_gpus(1) == ["3", "5"]
+    assert sweep.local_gpus(0) == []                  # asked for the CPU
+    with pytest.raises(UserError, match="a local job trains on one GPU"):
+        sweep.local_gpus(2)
+    monkeypatch.setattr(sweep.gpu, "gpu_count", lambda: 0)
+    assert sweep.local_gpus(None) == []
+    with pytest.raises(UserError, match="no GPU is visible"):
+        sweep.local_gpus(1)
+
+
+class RecordingExecutor:
+    """Stands in for submitit's local executor: records which GPU each job was started on."""
+
+    cluster = "local"
+
+    def __init__(self):
+        self.setup, self.started = None, []
+
+    def update_parameters(self, **params):
+        self.setup = params["local_setup"]
+
+    @contextlib.contextmanager
+    def batch(self):
+        yield
+
+    def submit(self, job, task, plan, threads):
+        self.started.append((task.name, self.setup))
+        return types.SimpleNamespace(result=lambda: task.name)
+
+
+def test_local_jobs_running_together_start_on_different_gpus(tmp_path):
+    plan = reproduce.build_plan("smoke", tmp_path, seeds=3, tables=(3,), methods=("natural",))
+    ex = RecordingExecutor()
+    sweep.dispatch(plan, ex, parallel=3, progress=False, devices=["3", "5"])
+    gpus = [setup[0].removeprefix("export CUDA_VISIBLE_DEVICES=") for _, setup in ex.started]
+    # two waves (training, then evaluation) of 4 tasks, each in chunks of 3 that run together, then 1
+    assert len(gpus) == 8 and gpus == ["3", "5", "3", "3"] * 2
+
+
+def test_a_local_job_starts_with_the_gpu_it_was_given(tmp_path):
+    """The real local executor: the setup line runs before the job's Python (and so before CUDA) starts."""
+    ex = sweep.executor("local", tmp_path, timeout_min=1)
+    sweep.start_on_gpu(ex, "MIG-4f3a")
+    assert ex.submit(os.getenv, "CUDA_VISIBLE_DEVICES").result() == "MIG-4f3a"   # read in the job
