@@ -54,7 +54,6 @@ step() {
 
 # --- the interpreter and the install --------------------------------------------------------------
 LOCK=requirements.lock
-[ -f "$LOCK" ] || LOCK=requirements-pinned.txt   # before the lock file existed
 VENV="${GPU_CHECK_VENV:-.venv-gpu}"
 if [ "$DRY" = 1 ]; then
   PY="${GPU_CHECK_PYTHON:-python3}"
@@ -65,11 +64,7 @@ elif [ -n "${GPU_CHECK_PYTHON:-}" ]; then
   step install 60 "$PY" -c "import pytest, torch, rslad_kit.cli"   # the kit and every package it imports
   note "install: none, GPU_CHECK_PYTHON=$PY as it is: $STATUS"
 else
-  if [ "$LOCK" = requirements.lock ]; then
-    DEPS="--require-hashes -r $LOCK"; KIT="--no-deps -e ."   # as the Makefile installs it
-  else
-    DEPS="-r $LOCK"; KIT="-e .[dev]"   # the pinned list has the runtime packages only
-  fi
+  DEPS="--require-hashes -r $LOCK"; KIT="--no-deps -e ."   # as the Makefile installs it
   BASE="$(command -v python3.11 || command -v python3)"   # the lock is resolved for Python 3.11
   # set -f: the words of $DEPS and $KIT are split, never globbed
   step install 200 env BASE="$BASE" VENV="$VENV" DEPS="$DEPS" KIT="$KIT" bash -c 'set -f
