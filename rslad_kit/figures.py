@@ -171,17 +171,18 @@ def soft_labels(probs: Mapping[str, Tensor], y: Tensor, classes: Sequence[int], 
 @styled
 def teacher_study(study: Mapping[str, Any]) -> Figure:
     """Students' robustness (mean, sd and each seed) against each teacher of the ladder, the teachers'
-    own robustness and the SAT student as a line; robust underfitting and saturation shaded. `study`
-    comes from `teacher_study.summarise`; its summary becomes the subtitle."""
+    own robustness and the SAT student as a line; robust underfitting and saturation shaded where they
+    hold beyond the seed noise (never with one seed). `study` comes from `teacher_study.summarise`; its
+    headline is the title's second line."""
     rows = study["rows"]
     x = np.arange(len(rows))
     fig, axes = _figure(1, 1, 7.5, 4.6)
     ax = axes[0, 0]
+    regions = {"underfitting": _PALETTE[2], "saturation": _PALETTE[3]}
     for i, r in enumerate(rows):
-        if r["teacher"] in study["underfitting"]:
-            ax.axvspan(i - 0.5, i + 0.5, color=_PALETTE[2], alpha=0.12, linewidth=0)
-        if r["teacher"] in study["saturation"]:
-            ax.axvspan(i - 0.5, i + 0.5, color=_PALETTE[3], alpha=0.12, linewidth=0)
+        for region, colour in regions.items():
+            if r["teacher"] in study[region]:
+                ax.axvspan(i - 0.5, i + 0.5, color=colour, alpha=0.12, linewidth=0)
     teacher = [r["teacher_robust"] if r["teacher_robust"] is not None else np.nan for r in rows]
     ax.plot(x, teacher, "s-", color=color("teacher"), label="teacher")
     student = [[v for v in r["student_robust"] if v is not None] for r in rows]
@@ -198,12 +199,10 @@ def teacher_study(study: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("teacher (parameters)")
     ax.set_ylabel(f"{ATTACK_LABELS.get(study['attack'], study['attack'])} accuracy (%), eps {study['eps']:.3g}")
     handles, labels = ax.get_legend_handles_labels()
-    patches = [matplotlib.patches.Patch(color=_PALETTE[2], alpha=0.25, label="robust underfitting"),
-               matplotlib.patches.Patch(color=_PALETTE[3], alpha=0.25, label="robust saturation")]
+    patches = [matplotlib.patches.Patch(color=colour, alpha=0.25, label=f"robust {region}")
+               for region, colour in regions.items() if study[region]]
     ax.legend(handles + patches, labels + [p.get_label() for p in patches], fontsize="small", loc="best")
-    shape = ("rise and fall, as in the paper" if study["rise_and_fall"] else
-             "no clear rise and fall (unlike the paper)" if study["rise_and_fall"] is not None else "unfinished")
-    fig.suptitle(f"Which teacher? {study['student']} students on {study['dataset']}\n{shape}")
+    fig.suptitle(f"Which teacher? {study['student']} students on {study['dataset']}\n{study['headline']}")
     return fig
 
 

@@ -89,12 +89,14 @@ of `make demo`'s results, and Grad-CAM and SmoothGrad need not agree.""",
     "07.1": """**The biggest teacher?** Not in the paper: on CIFAR-10 the student's robustness first rises
 with the teacher's and then falls. A teacher of the student's own size is less robust than its student
 can become (*robust underfitting*: the student ends up above it); past the best teacher, a wider, more
-robust teacher is harder for a small student to imitate, and the gap widens (*robust saturation*). On
-digits the ladder is short and the models small, so the shape may differ: the figure's title and the
-summary say what this run shows.""",
+robust teacher is harder for a small student to imitate, and the student's robustness falls (*robust
+saturation*). On digits the ladder is short and the models small, so the shape may differ: the figure's
+title and the summary say what this run shows.""",
     "07.2": """**Beyond the noise?** Not necessarily. The verdict pairs the students by seed and asks that
 the best teacher's student beats both ends of the ladder with a 95% interval that excludes zero; with three
-seeds that needs differences of several points. Whatever the study finds is the result, including "no
+seeds that needs differences of several points. The two regions are tested the same way, with wider
+intervals for the several teachers compared, so that with no effect each verdict fires in under 5% of
+studies (`tests/test_teacher_study.py` measures it). Whatever the study finds is the result, including "no
 clear rise and fall": it is a statement about small CNNs on 8×8 digits, not about the paper.""",
     "08.1": """**Which claims hold on digits?** Read `summary.md`: each claim is checked against the seed
 noise. Expect the large effects (robust versus natural, RSL versus NSL) to hold, and the small ones

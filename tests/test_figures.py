@@ -81,25 +81,31 @@ def study(student_robust, teacher_robust, sat=30.0):
 
 
 def test_teacher_study_figure_marks_the_regions_and_says_what_it_shows():
-    data = study([[40, 42], [48, 50], [45, 44], [38, 40]], [35, 47, 55, 60])
+    data = study([[40, 42, 41], [48, 50, 49], [43, 44, 43], [38, 40, 39]], [20, 47, 55, 60])
     assert data["rise_and_fall"] and data["best"] == "t1"
-    assert data["underfitting"] == ["t0", "t1"] and data["saturation"] == ["t2", "t3"]
+    assert data["underfitting"] == ["t0"] and data["saturation"] == ["t2", "t3"]
     fig = rendered(figures.teacher_study(data))
     ax = fig.axes[0]
     assert ax.get_ylabel().startswith("PGD_TRADES accuracy (%)")
     assert ax.get_xlabel() == "teacher (parameters)"
-    assert "rise and fall, as in the paper" in fig.get_suptitle()
+    assert "rise and fall beyond the seed noise, as in the paper" in fig.get_suptitle()
     assert {"teacher", "RSLAD student", "SAT student", "robust underfitting", "robust saturation"} <= {
         t.get_text() for t in ax.get_legend().get_texts()}
 
-    flat = study([[40], [45], [50]], [50, 55, 60])   # keeps rising: not the paper's shape
-    assert not flat["rise_and_fall"] and "does not rise and fall" in flat["summary"]
-    assert "no clear rise and fall" in rendered(figures.teacher_study(flat)).get_suptitle()
+    flat = study([[40, 41], [45, 46], [50, 51]], [50, 55, 60])   # keeps rising: not the paper's shape
+    assert not flat["rise_and_fall"] and "no rise and fall (unlike the paper)" in flat["summary"]
+    fig = rendered(figures.teacher_study(flat))
+    assert "peaks at t2, the largest teacher: no rise and fall" in fig.get_suptitle()
+    assert "robust saturation" not in {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
 
     # a peak inside the ladder that the seeds cannot tell from its neighbours is not the paper's shape
     noisy = study([[40, 30], [48, 34], [45, 33]], [35, 47, 55])
     assert noisy["best"] == "t1" and not noisy["rise_and_fall"]
     assert "not beyond the seed noise" in noisy["summary"]
+
+    one_seed = study([[40], [48], [38]], [35, 47, 55])   # the paper's shape, but one seed cannot show it
+    assert "signs only (one seed)" in rendered(figures.teacher_study(one_seed)).get_suptitle()
+    assert not one_seed["saturation"] and "paper" not in one_seed["headline"]
 
 
 def test_autoattack_studies_say_so_on_the_axis():
