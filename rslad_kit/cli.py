@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--dataset", required=True)
     ev.add_argument("--data-root", default="data")
-    ev.add_argument("--attacks", default="clean,fgsm,pgd_sat,pgd_trades,cw,autoattack")
+    ev.add_argument("--attacks", default="clean,fgsm,pgd_sat,pgd_trades,cw,autoattack,pgd_large_eps",
+                    help="comma-separated; pgd_large_eps (PGD at eps 0.5) feeds the gradient-masking checks, "
+                         "which the --json row lists under masking_checks")
     ev.add_argument("--eps", type=float, default=8 / 255)
     ev.add_argument("--n", type=int, help="evaluate the first N test images")
     ev.add_argument("--batch-size", type=int, default=500)

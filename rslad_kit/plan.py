@@ -25,6 +25,7 @@ PAPER_METHODS = ("natural", "sat", "trades", "mart", "ard", "iad", "rslad")
 WHITE_BOX = evaluate_lib.PAPER_ATTACKS                     # Tables 2, 3, 4, 6
 BLACK_BOX = ("transfer_pgd", "transfer_cw", "square")      # Table 5
 SOFT_LABEL_ATTACKS = ("clean", "pgd_trades", "autoattack")  # Table 7
+CHECKS = WHITE_BOX + ("pgd_large_eps",)                   # best checkpoints: the tables' attacks + the large-eps check
 SLOW_ATTACKS = ("autoattack", "square")                     # query-bound: a fixed cost per model on a CPU
 
 # Table 6: (outer-minimisation method, inner-maximisation method), all under RSLAD's schedule.

@@ -154,6 +154,14 @@ class Difference:
     level: float
     seeds: int
 
+    @property
+    def above_zero(self) -> bool:
+        return self.low is not None and self.low > 0
+
+    @property
+    def below_zero(self) -> bool:
+        return self.high is not None and self.high < 0
+
     def __str__(self) -> str:
         if self.low is None:
             return f"{self.mean:+.2f} (one seed, no interval)"
@@ -212,13 +220,15 @@ def verdict(data: dict[str, Any]) -> dict[str, Any]:
     def status(beyond: bool, seen: bool) -> str:
         return "signs only" if signs_only else "holds" if beyond else "not beyond the noise" if seen else "not seen"
 
-    underfitting = [t for t, d in under.items() if d.low is not None and d.low > 0]
-    saturation = [t for t, d in past.items() if d.high is not None and d.high < 0]
-    rise_and_fall = len(ends) == 2 and all(d.low is not None and d.low > 0 for d in ends.values())
+    underfitting = [t for t, d in under.items() if d.above_zero]
+    saturation = [t for t, d in past.items() if d.below_zero]
+    rise_and_fall = len(ends) == 2 and all(d.above_zero for d in ends.values())
     statuses = {"underfitting": status(bool(underfitting), any(d.mean > 0 for d in under.values())),
                 "saturation": status(bool(saturation), any(d.mean < 0 for d in past.values())),
                 "rise_and_fall": status(rise_and_fall, len(ends) == 2 and all(d.mean > 0 for d in ends.values()))}
-    peak = f"peaks at {names[best]}" + ("" if len(ends) == 2 else f", the {'smallest' if best == 0 else 'largest'} teacher")
+    peak = f"peaks at {names[best]}"
+    if len(ends) < 2:
+        peak += f", the {'smallest' if best == 0 else 'largest'} teacher"
     headline = {"signs only": f"signs only (one seed): {peak}; nothing is claimed",
                 "holds": "rise and fall beyond the seed noise, as in the paper",
                 "not beyond the noise": f"{peak}, but not beyond the seed noise: no clear rise and fall",
@@ -227,11 +237,12 @@ def verdict(data: dict[str, Any]) -> dict[str, Any]:
     attack = "AutoAttack" if data["attack"] == "autoattack" else "PGD_TRADES"
 
     def region(diffs: dict[str, Difference], found: list[str], sign: int) -> str:
-        shown = [t for t, d in diffs.items() if (sign * d.mean > 0 if signs_only else t in found)]
+        """The teachers beyond the noise, else those with the sign (and their intervals)."""
+        shown = found or [t for t, d in diffs.items() if sign * d.mean > 0]
         return "; ".join(f"{t} {diffs[t]}" for t in shown) or "none"
 
-    summary = (f"{data['student']} students ({data['seeds']} seed(s), {attack} at eps {data['eps']:.4g}): the "
-               f"students' robustness {headline}"
+    summary = (f"{data['student']} students ({data['seeds']} seed(s), {attack} at eps {data['eps']:.4g}): "
+               f"{headline}"
                + (f" (rise {ends['rise']}; fall {ends['fall']})" if len(ends) == 2 else "")
                + f". Best teacher: {names[best]} (student {cells[best]}; SAT student {sat}). "
                f"Robust underfitting (students above their teacher), {statuses['underfitting']}: "
