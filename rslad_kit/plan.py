@@ -3,8 +3,9 @@
 `reproduce.build_plan` fills a `Plan`; `reproduce.execute` runs its tasks; `report` reads it to write the
 tables. Keeping the plan here lets both import it without importing each other.
 
-Run names: `teacher`, `teacher-natural`, `surrogate`, and `<student>-<row>-s<seed>` for students, where
-a row is a method, a Table 6 variant or a Table 7 soft-label variant.
+Run names: `teacher`, `teacher-reseeded` (Figure 2's ceiling), `teacher-natural`, `surrogate`, and
+`<student>-<row>-s<seed>` for students, where a row is a method, a Table 6 variant or a Table 7
+soft-label variant.
 """
 
 from __future__ import annotations

@@ -87,6 +87,8 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     # --- helper models: the robust teacher, the natural teacher (NSL) and the surrogate (Table 5)
     if not isinstance(pc.teacher, str):
         plan.runs["teacher"] = override(preset(p, pc.teacher["method"], **overrides), **pc.teacher)
+        # Figure 2's ceiling: how alike two teachers' maps are when only the seed differs
+        plan.runs["teacher-reseeded"] = replace(plan.runs["teacher"], seed=20_000)
     plan.need("teacher", "best", CHECKS)   # a zoo teacher is evaluated from its file
     if 7 in pc.tables:
         plan.runs["teacher-natural"] = override(preset(p, "natural", **overrides), **pc.natural_teacher)

@@ -2,7 +2,9 @@
 
 The paper (Figure 2) shows three images and says RSLAD's maps look more like the teacher's than ARD's
 and IAD's. `map_similarity` turns that into a number: the mean Spearman rank correlation between two
-models' maps over many images, with a 95% interval.
+models' maps over many images, with a 95% interval. Figure 2 sets it between a floor (a random model
+and a naturally trained student) and a ceiling (a second teacher trained from another seed), and
+compares RSLAD with the other students paired by seed (`paired_differences`).
 
 Both maps explain the *true* class's logit, so every model is asked the same question about the same
 image, even where an adversarial example makes the models predict different classes.
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
 from rslad_kit import models
-from rslad_kit.stats import mean_interval
+from rslad_kit.stats import mean_interval, paired
 
 # Grad-CAM's target layer for every registry architecture, by its `get_submodule` path: the same point
 # in every architecture, the last activation before global pooling (after the final BN and ReLU, or
@@ -179,3 +181,17 @@ def similarity_rows(students: dict[str, list[dict[str, Tensor]]], teacher: dict[
                          "high": overall["high"], "images": seeds[0]["n"], "seeds": len(seeds),
                          "per_seed": seeds})
     return rows
+
+
+def paired_differences(rows: list[dict], of: str, others: tuple[str, ...]) -> list[dict]:
+    """`of`'s similarity to the teacher minus each of `others`', per map kind, paired by seed
+    (`stats.paired` over the rows' per-seed means; the rows share their seeds, in order)."""
+    by_seed = {(r["student"], r["map"]): dict(enumerate(s["mean"] for s in r["per_seed"])) for r in rows}
+    out = []
+    for kind in ("gradcam", "smoothgrad"):
+        for other in others:
+            if (of, kind) in by_seed and (other, kind) in by_seed:
+                d = paired(by_seed[of, kind], by_seed[other, kind])
+                out.append({"map": kind, "of": of, "minus": other, "mean": d.mean, "low": d.low, "high": d.high,
+                            "seeds": d.n, "p": d.p, "text": str(d)})
+    return out

@@ -53,6 +53,11 @@ def test_map_similarity_has_one_bar_per_student_in_each_map_panel(tiny):
         ("ard", "gradcam", 1), ("ard", "smoothgrad", 1), ("rslad", "gradcam", 2), ("rslad", "smoothgrad", 2)]
     fig = rendered(figures.map_similarity(rows))
     assert titles(fig) == ["Grad-CAM", "SmoothGrad"]
+    differences = saliency.paired_differences(rows, "rslad", ("ard",))   # one seed shared: no interval
+    assert [(d["map"], d["seeds"], d["low"]) for d in differences] == [("gradcam", 1, None), ("smoothgrad", 1, None)]
+    with_differences = rendered(figures.map_similarity(rows, differences))
+    assert len(with_differences.axes) == 4 and with_differences.axes[2].get_ylabel() == "paired difference in ρ"
+    assert [t.get_text() for t in with_differences.axes[2].get_xticklabels()] == ["RSLAD − ARD"]
     assert fig.axes[0].get_ylabel() == "Spearman ρ with the teacher"
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["ARD", "RSLAD"]
     assert len(fig.axes[0].patches) == 2
@@ -200,9 +205,13 @@ def test_figures_command_writes_every_figure_and_the_similarity_table(smoke_resu
     assert sorted(p.name for p in out.iterdir()) == sorted(EXPECTED)
     similarity = json.loads((out / "figure2_similarity.json").read_text())
     assert similarity["images"] == 60 and similarity["seeds"] == [0, 1] and similarity["against"] == "teacher"
-    assert {(r["student"], r["map"]) for r in similarity["rows"]} == {
-        (m, k) for m in figures.SALIENCY_METHODS for k in ("gradcam", "smoothgrad")}
-    assert all(-1 <= r["mean"] <= 1 and r["seeds"] == 2 for r in similarity["rows"])
+    roles = {"random-init": "floor", "natural": "floor", "teacher-reseeded": "ceiling"}
+    assert {(r["student"], r["map"], r["role"]) for r in similarity["rows"]} == {
+        (m, k, roles.get(m, "student")) for m in (*figures.SALIENCY_METHODS, *roles) for k in ("gradcam", "smoothgrad")}
+    assert all(-1 <= r["mean"] <= 1 and r["seeds"] == (1 if r["role"] == "ceiling" else 2) for r in similarity["rows"])
+    assert [(d["minus"], d["seeds"]) for d in similarity["differences"] if d["map"] == "gradcam"] == [
+        ("ard", 2), ("iad", 2), ("sat", 2)]
+    assert "| RSLAD − ARD | Grad-CAM |" in (out / "figure2_similarity.md").read_text()
     soft = json.loads((out / "figure3_soft_labels.json").read_text())
     assert soft["classes"] == ["3", "8"] and set(soft["stats"]) == {"RSL", "NSL", "SSL"}
 

@@ -173,3 +173,13 @@ def test_soft_label_sets_are_the_same_in_batches():
     batched = train.soft_label_sets(robust, natural, x, y, preset("smoke"), 10, batch_size=5)
     assert all(torch.allclose(whole[k], batched[k], atol=1e-6) for k in ("RSL", "NSL", "SSL"))
     assert whole["RSL"].shape == (37, 10) and torch.allclose(whole["NSL"].sum(1), torch.ones(37))
+
+
+def test_paired_differences_pair_the_seeds_and_find_a_consistent_lead_only():
+    def row(student, means):
+        return {"student": student, "map": "gradcam", "per_seed": [{"mean": m} for m in means]}
+
+    rows = [row("rslad", [0.50, 0.42, 0.61]), row("ard", [0.40, 0.33, 0.50]), row("sat", [0.61, 0.40, 0.50])]
+    lead, tie = saliency.paired_differences(rows, "rslad", ("ard", "sat"))
+    assert lead["minus"] == "ard" and lead["seeds"] == 3 and lead["low"] > 0   # +0.10 on every seed
+    assert tie["minus"] == "sat" and abs(tie["mean"]) < 0.01 and tie["low"] < 0 < tie["high"]
