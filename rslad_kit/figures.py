@@ -160,29 +160,47 @@ def map_similarity(rows: Sequence[Mapping[str, Any]], differences: Sequence[Mapp
 
 # --- Figure 3: soft labels -------------------------------------------------------------------------
 
+SoftLabelView = tuple[Mapping[str, Tensor], Tensor, Mapping[str, Mapping[int, Mapping[str, float]]]]
+
+
 @styled
 def soft_labels(probs: Mapping[str, Tensor], y: Tensor, classes: Sequence[int], class_names: Sequence[str],
-                stats: Mapping[str, Mapping[int, Mapping[str, float]]], *, title: str | None = None) -> Figure:
+                stats: Mapping[str, Mapping[int, Mapping[str, float]]], *, training: SoftLabelView | None = None,
+                title: str | None = None) -> Figure:
     """For each class in `classes` (rows) and soft-label type (columns: RSL, NSL, SSL), the spread over
     that class's test images of the probability given to every class (box plots); each panel's title
-    gives the type's mean entropy and mean true-class probability (`stats[kind][class]`)."""
+    gives the type's mean entropy and mean true-class probability (`stats[kind][class]`).
+
+    `training = (probs, y, stats)` of augmented training views (what the student learns from) draws
+    them beside the test images: hatched boxes on the left of each class, test images on the right."""
     kinds = list(probs)
-    fig, axes = _figure(len(classes), len(kinds), 3.6, 2.8, sharey=True)
+    views = [("test images", probs, y, stats)] if training is None else [("training views", *training),
+                                                                         ("test images", probs, y, stats)]
+    width, offsets = (0.6, (0.0,)) if training is None else (0.35, (-0.2, 0.2))
+    fig, axes = _figure(len(classes), len(kinds), 3.6 if training is None else 4.4, 2.8 + 0.4 * len(views),
+                        sharey=True)
     for r, k in enumerate(classes):
         for c, kind in enumerate(kinds):
-            ax = axes[r, c]
-            p = probs[kind][y == k].cpu().numpy()
-            ax.boxplot(p, positions=range(p.shape[1]), widths=0.6, patch_artist=True, showfliers=False,
-                       boxprops=dict(facecolor=color(kind), alpha=0.5), medianprops=dict(color="black"))
-            ax.plot(range(p.shape[1]), p.mean(0), "o", color=color(kind), markersize=4)
-            ax.set_xticks(range(p.shape[1]), class_names, rotation=90 if len(class_names[0]) > 2 else 0,
+            ax, lines = axes[r, c], [f"{kind}, class {class_names[k]}"]
+            for (view, view_probs, view_y, view_stats), offset in zip(views, offsets):
+                p = view_probs[kind][view_y == k].cpu().numpy()
+                at = np.arange(p.shape[1]) + offset
+                boxes = ax.boxplot(p, positions=at, widths=width, patch_artist=True, showfliers=False,
+                                   boxprops=dict(facecolor=color(kind), alpha=0.5), medianprops=dict(color="black"))
+                if view == "training views":
+                    for box in boxes["boxes"]:
+                        box.set_hatch("///")
+                ax.plot(at, p.mean(0), "o", color=color(kind), markersize=4)
+                s = view_stats[kind][k]
+                lines.append(("" if training is None else f"{view}: ")
+                             + f"H = {s['entropy']:.2f} nats, p(true) = {s['true_prob']:.2f}")
+            ax.set_xticks(range(len(class_names)), class_names, rotation=90 if len(class_names[0]) > 2 else 0,
                           fontsize="x-small")
-            s = stats[kind][k]
-            ax.set_title(f"{kind}, class {class_names[k]}\nH = {s['entropy']:.2f} nats, "
-                         f"p(true) = {s['true_prob']:.2f}", fontsize="small")
+            ax.set_title("\n".join(lines), fontsize="small")
         axes[r, 0].set_ylabel("probability")
     axes[-1, len(kinds) // 2].set_xlabel("class")
-    fig.suptitle(title or "Soft labels: robust (RSL), natural (NSL), smoothed (SSL)")
+    shown = " (hatched) and ".join(view for view, *_ in views)
+    fig.suptitle(title or f"Soft labels: robust (RSL), natural (NSL), smoothed (SSL)\non {shown}")
     return fig
 
 
@@ -455,15 +473,29 @@ def _figure2(plan, teacher, by_method, seeds, test, num_classes: int, out: Path,
 
 
 def _figure3(plan, teacher, natural, test, ds, out: Path) -> list[Path]:
-    """The three soft labels of the whole test set; two classes drawn, statistics for all."""
-    x, y = test.x, test.y
-    probs = train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
+    """The three soft labels of the whole test set and of as many augmented training views (random
+    crop and flip as in training, seed 0: what the student learns from); two classes drawn, statistics
+    for all."""
+    train_x = ds.train.x[:len(test)].to(test.x.device)
+    views = {"test": (test.x, test.y),
+             "train": (data.augment(train_x, padding=ds.crop_padding, flip=ds.flip,
+                                    generator=torch.Generator(test.x.device).manual_seed(0)),
+                       ds.train.y[:len(test)].to(test.x.device))}
     classes = SOFT_LABEL_CLASSES[plan.dataset]
-    stats = train.soft_label_class_stats(probs, y, classes)
-    return [*save(soft_labels(probs, y, classes, ds.classes, stats), out / "figure3_soft_labels"),
+    probs = {view: train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
+             for view, (x, y) in views.items()}
+    stats = {view: train.soft_label_class_stats(probs[view], y, classes) for view, (_, y) in views.items()}
+    fig = soft_labels(probs["test"], test.y, classes, ds.classes, stats["test"],
+                      training=(probs["train"], views["train"][1], stats["train"]))
+    return [*save(fig, out / "figure3_soft_labels"),
             *_write_json(out / "figure3_soft_labels.json",
                          {"smoothing": plan.base.smoothing, "classes": [ds.classes[k] for k in classes],
-                          "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats.items()}})]
+                          "images": {"test": f"the first {len(test)} test images",
+                                     "train": f"the first {len(test)} training images, one augmented view each "
+                                              f"(random crop, padding {ds.crop_padding}, flip {ds.flip}; seed 0)"},
+                          "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats["test"].items()},
+                          "stats_train_views": {kind: {str(k): v for k, v in s.items()}
+                                                for kind, s in stats["train"].items()}})]
 
 
 def _kit_plots(plan, teacher, by_method, test, class_names, out: Path) -> list[Path]:

@@ -10,7 +10,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from rslad_kit import evaluate, figures, models, reproduce, saliency, teacher_study, train  # noqa: E402
+from rslad_kit import data, evaluate, figures, models, reproduce, saliency, teacher_study, train  # noqa: E402
 from rslad_kit.cli import main  # noqa: E402
 from rslad_kit.config import preset  # noqa: E402
 
@@ -74,6 +74,16 @@ def test_soft_labels_has_a_panel_per_class_and_type_with_its_statistics(tiny):
     assert titles(fig)[0].startswith("RSL, class 3\nH = ") and "p(true) = " in titles(fig)[0]
     assert titles(fig)[5].startswith("SSL, class 8")
     assert fig.axes[0].get_ylabel() == "probability"
+    assert fig.get_suptitle().endswith("on test images")
+
+    # beside augmented training views, which the panel titles and the title name
+    views = data.augment(x, padding=1, flip=False, generator=torch.Generator().manual_seed(0))
+    train_probs = train.soft_label_sets(nets["teacher"], nets["ard"], views, y, preset("smoke"), 10)
+    both = rendered(figures.soft_labels(probs, y, (3, 8), [str(c) for c in range(10)], stats,
+                                        training=(train_probs, y, train.soft_label_class_stats(train_probs, y, (3, 8)))))
+    assert titles(both)[0].split("\n")[1].startswith("training views: H = ")
+    assert titles(both)[0].split("\n")[2].startswith("test images: H = ")
+    assert both.get_suptitle().endswith("on training views (hatched) and test images")
 
 
 def study(student_robust, teacher_robust, sat=30.0):
@@ -213,7 +223,8 @@ def test_figures_command_writes_every_figure_and_the_similarity_table(smoke_resu
         ("ard", 2), ("iad", 2), ("sat", 2)]
     assert "| RSLAD − ARD | Grad-CAM |" in (out / "figure2_similarity.md").read_text()
     soft = json.loads((out / "figure3_soft_labels.json").read_text())
-    assert soft["classes"] == ["3", "8"] and set(soft["stats"]) == {"RSL", "NSL", "SSL"}
+    assert soft["classes"] == ["3", "8"] and set(soft["stats"]) == set(soft["stats_train_views"]) == {"RSL", "NSL", "SSL"}
+    assert soft["images"]["train"].startswith("the first 360 training images, one augmented view each")
 
 
 def test_figures_on_an_unfinished_folder_names_the_command_to_run(tmp_path, capsys):
