@@ -151,30 +151,28 @@ def masking_checks(row: dict) -> list[dict]:
         checks.append({"check": name, "fired": fired,
                        "detail": detail + (": gradient masking suspected" if fired else "")})
 
-    multi = {a: row[a] for a in MULTI_STEP if a in row}
-    gradient = {a: row[a] for a in GRADIENT_ATTACKS if a in row}
+    def strongest(attacks: tuple[str, ...]) -> str | None:
+        """The attack of `attacks` that leaves the lowest accuracy in the row (None: none ran)."""
+        return min((a for a in attacks if a in row), key=row.get, default=None)
+
+    multi, gradient, pgd = strongest(MULTI_STEP), strongest(GRADIENT_ATTACKS), strongest(("pgd_sat", "pgd_trades"))
     if "autoattack" in row and multi:
-        best = min(multi, key=multi.get)
-        check("autoattack", row["autoattack"] < multi[best] - AUTOATTACK_GAP,
-              f"AutoAttack {row['autoattack']}% vs the best multi-step gradient attack ({best} {multi[best]}%), "
+        check("autoattack", row["autoattack"] < row[multi] - AUTOATTACK_GAP,
+              f"AutoAttack {row['autoattack']}% vs the best multi-step gradient attack ({multi} {row[multi]}%), "
               f"flagged more than {AUTOATTACK_GAP:g} points below")
     if "square" in row and gradient:
-        best = min(gradient, key=gradient.get)
-        check("square", row["square"] < gradient[best] - MASKING_MARGIN,
-              f"black-box Square {row['square']}% vs the best gradient attack ({best} {gradient[best]}%), "
+        check("square", row["square"] < row[gradient] - MASKING_MARGIN,
+              f"black-box Square {row['square']}% vs the best gradient attack ({gradient} {row[gradient]}%), "
               f"flagged more than {MASKING_MARGIN:g} point below")
-    pgds = {a: row[a] for a in ("pgd_sat", "pgd_trades") if a in row}
-    if "fgsm" in row and pgds:
-        best = min(pgds, key=pgds.get)
-        check("fgsm", row["fgsm"] < pgds[best] - MASKING_MARGIN,
-              f"one-step FGSM {row['fgsm']}% vs PGD ({best} {pgds[best]}%), flagged more than "
+    if "fgsm" in row and pgd:
+        check("fgsm", row["fgsm"] < row[pgd] - MASKING_MARGIN,
+              f"one-step FGSM {row['fgsm']}% vs PGD ({pgd} {row[pgd]}%), flagged more than "
               f"{MASKING_MARGIN:g} point below")
     for transfer in ("transfer_pgd", "transfer_cw"):
         if transfer in row and multi:
-            best = min(multi, key=multi.get)
-            check(transfer, row[transfer] < multi[best] - MASKING_MARGIN,
+            check(transfer, row[transfer] < row[multi] - MASKING_MARGIN,
                   f"{transfer} from a surrogate {row[transfer]}% vs the best white-box attack "
-                  f"({best} {multi[best]}%), flagged more than {MASKING_MARGIN:g} point below")
+                  f"({multi} {row[multi]}%), flagged more than {MASKING_MARGIN:g} point below")
     if "pgd_large_eps" in row:
         check("pgd_large_eps", row["pgd_large_eps"] > LARGE_EPS_CEILING,
               f"PGD at eps {atk.LARGE_EPS:g} leaves {row['pgd_large_eps']}% accuracy, flagged above "
