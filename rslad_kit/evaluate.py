@@ -109,7 +109,8 @@ def evaluate(
                     bound = atk.LARGE_EPS if name == "pgd_large_eps" else eps
                     gap = (x_adv - x).abs().max().item()
                     if gap > bound + 1e-6 or x_adv.min() < 0 or x_adv.max() > 1:
-                        warn(f"{name}: perturbation left the eps-ball or [0,1] (max |delta| {gap:.4g} > eps {bound:.4g})")
+                        warn(f"{name}: perturbation left the eps-ball or [0,1] "
+                             f"(max |delta| {gap:.4g} > eps {bound:.4g})")
                 row[name] = round(accuracy(model, x_adv, y, batch_size), 2)
                 row["seconds"][name] = round(time.perf_counter() - start, 2)
     finally:
