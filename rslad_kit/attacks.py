@@ -167,6 +167,17 @@ WHITE_BOX: dict[str, WhiteBox] = {
 }
 
 
+# A sanity attack, not one of the paper's: at eps 0.5 every image can be turned into the same mid-grey
+# image, so an honest classifier falls to about 0 under a working gradient attack. No random start:
+# only the gradient moves it, so where the gradient is masked accuracy stays at the clean level.
+LARGE_EPS = 0.5
+
+
+def large_eps(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """PGD on CE at eps `LARGE_EPS` (20 steps of eps/10, from the clean image): the large-eps check."""
+    return pgd(model, x, ce(y), eps=LARGE_EPS, step_size=LARGE_EPS / 10, steps=20, random_start="none")
+
+
 def white_box(name: str, model: nn.Module, x: Tensor, y: Tensor, *, eps: float) -> Tensor:
     """Run one of WHITE_BOX by name."""
     if name not in WHITE_BOX:
@@ -253,31 +264,45 @@ def _run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, see
     return x_adv.detach()
 
 
+def _robust(model: nn.Module, x_adv: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """Indices of the points `x_adv` has not broken."""
+    with torch.no_grad():
+        return (torch.cat([model(b).argmax(1) for b in x_adv.split(batch_size)]) == y).nonzero().flatten()
+
+
 def _resumable(adversary, model: nn.Module, x: Tensor, y: Tensor, batch_size: int, state_path: Path) -> Tensor:
     """AutoAttack one sub-attack at a time, saving the adversarial images after each.
 
     pyautoattack's own state file keeps which points are broken but not their adversarial images, so
     a resumed run would score them on clean images. Each sub-attack here runs on the points still
     robust, in order, with AutoAttack's fixed seed: the same batches and random draws as one call.
+    The robust accuracy after each sub-attack is kept too, so that AutoAttack's own check of Square
+    (which needs them all, and so never runs inside a one-sub-attack call) runs at the end.
     """
+    from pyautoattack import checks
+
     attacks = list(adversary.attacks_to_run)
-    state = {"done": [], "x_adv": x.detach().cpu().clone(), "x_sha256": runs.data_checksum(SimpleNamespace(x=x, y=y))}
+    state = {"done": [], "x_adv": x.detach().cpu().clone(), "accuracy": {},
+             "x_sha256": runs.data_checksum(SimpleNamespace(x=x, y=y))}
     if state_path.is_file():
         saved = torch.load(state_path, map_location="cpu", weights_only=True)
-        if saved.get("x_sha256") == state["x_sha256"] and set(saved["done"]) <= set(attacks):
-            state = saved   # else: the file belongs to other images; start over
+        if saved.get("x_sha256") == state["x_sha256"] and set(saved["done"]) <= set(attacks) and "accuracy" in saved:
+            state = saved   # else: the file belongs to other images (or predates "accuracy"); start over
     x_adv = state["x_adv"].to(x.device)
+    robust = _robust(model, x_adv, y, batch_size)
+    accuracy = {"clean": len(robust) / len(x)} | state["accuracy"]   # as pyautoattack's robust_accuracy_dict
     for attack in attacks:
         if attack in state["done"]:
             continue
-        with torch.no_grad():
-            robust = (torch.cat([model(b).argmax(1) for b in x_adv.split(batch_size)]) == y).nonzero().flatten()
         if len(robust):
             adversary.attacks_to_run = [attack]
             x_adv[robust], _predicted = adversary.run_standard_evaluation(x[robust], y[robust], batch_size=batch_size)
-        state = {**state, "done": state["done"] + [attack], "x_adv": x_adv.detach().cpu()}
+            robust = _robust(model, x_adv, y, batch_size)
+        accuracy[attack] = len(robust) / len(x)
+        state = {**state, "done": state["done"] + [attack], "x_adv": x_adv.detach().cpu(), "accuracy": dict(accuracy)}
         runs.save(state, state_path)
     adversary.attacks_to_run = attacks
+    checks.check_square_sr(accuracy, logger=adversary.logger)
     return x_adv
 
 

@@ -173,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="a .pt file (read with weights_only=True)")
     ev.add_argument("--dataset", required=True, help=_one_of(data.DATASETS))
     ev.add_argument("--data-root", default="data", help="where CIFAR is (or is downloaded to); default: data")
-    ev.add_argument("--attacks", default="clean,fgsm,pgd_sat,pgd_trades,cw,autoattack",
-                    help=f"comma-separated, {_one_of(evaluate.ATTACKS)} (default: the paper's six)")
+    ev.add_argument("--attacks", default="clean,fgsm,pgd_sat,pgd_trades,cw,autoattack,pgd_large_eps",
+                    help=f"comma-separated, {_one_of(evaluate.ATTACKS)}; default: the paper's six and "
+                         "pgd_large_eps (PGD at eps 0.5), which feeds the gradient-masking checks that the "
+                         "--json row lists under masking_checks")
     ev.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget on the [0,1] pixel scale (default 8/255)")
     ev.add_argument("--n", type=int, help="evaluate the first N test images")
     ev.add_argument("--batch-size", type=int, default=500, help="images per attack batch (default 500)")

@@ -2,7 +2,8 @@
 
 The row checks itself and records what it found in `row["warnings"]` (and prints each warning):
 the model was in train mode, its outputs look like probabilities, a perturbation left the eps-ball,
-or black-box Square beat the gradient attacks (gradient masking suspected).
+or one of the gradient-masking checks fired (`masking_checks`: each compares accuracies the row
+already has, and `row["masking_checks"]` lists every check that could run, fired or not).
 
 Taught in notebooks/02_attacks.ipynb.
 """
@@ -21,7 +22,7 @@ from rslad_kit import attacks as atk
 from rslad_kit.errors import UserError
 
 GRADIENT_ATTACKS = tuple(atk.WHITE_BOX)
-ATTACKS = ("clean", *GRADIENT_ATTACKS, "autoattack", "square", "transfer_pgd", "transfer_cw")
+ATTACKS = ("clean", *GRADIENT_ATTACKS, "autoattack", "square", "transfer_pgd", "transfer_cw", "pgd_large_eps")
 PAPER_ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw", "autoattack")  # Tables 2-4, 6
 
 
@@ -105,18 +106,79 @@ def evaluate(
                     warn(f"{name} (AutoAttack's check): {flag}")
                 flags.clear()
                 if name != "clean":
+                    bound = atk.LARGE_EPS if name == "pgd_large_eps" else eps
                     gap = (x_adv - x).abs().max().item()
-                    if gap > eps + 1e-6 or x_adv.min() < 0 or x_adv.max() > 1:
-                        warn(f"{name}: perturbation left the eps-ball or [0,1] (max |delta| {gap:.4g} > eps {eps:.4g})")
+                    if gap > bound + 1e-6 or x_adv.min() < 0 or x_adv.max() > 1:
+                        warn(f"{name}: perturbation left the eps-ball or [0,1] "
+                             f"(max |delta| {gap:.4g} > eps {bound:.4g})")
                 row[name] = round(accuracy(model, x_adv, y, batch_size), 2)
                 row["seconds"][name] = round(time.perf_counter() - start, 2)
     finally:
         model.train(was_training)
 
-    white = [row[a] for a in GRADIENT_ATTACKS if a in row]
-    if "square" in row and white and row["square"] < min(white) - 0.2:
-        warn(f"Square ({row['square']}%) beats the gradient attacks (best {min(white)}%): gradient masking suspected")
+    row["masking_checks"] = masking_checks(row)
+    for check in row["masking_checks"]:
+        if check["fired"]:
+            warn(check["detail"])
     return row
+
+
+# --- gradient masking ------------------------------------------------------------------------------
+#
+# Signs that the gradient attacks overestimate robustness (Athalye et al. 2018; Carlini et al. 2019,
+# "On evaluating adversarial robustness", §5), each read from accuracies on the same images: an attack
+# that should be weaker does better than the stronger ones, or a huge eps does not break the model.
+
+MASKING_MARGIN = 1.0     # points: more than a few images' worth of chance between two attacks on the same images
+AUTOATTACK_GAP = 10.0    # points: on models that do not mask, AutoAttack lands a few points below PGD-20
+LARGE_EPS_CEILING = 10.0  # % under `pgd_large_eps`: any image can become mid-grey, so ~0 is expected
+MULTI_STEP = ("pgd_sat", "pgd_trades", "cw")   # the multi-step gradient attacks
+MASKING_CHECKS = {   # check -> when it fires
+    "autoattack": f"AutoAttack more than {AUTOATTACK_GAP:g} points below the best multi-step gradient attack",
+    "square": f"black-box Square more than {MASKING_MARGIN:g} point below the best gradient attack",
+    "fgsm": f"one-step FGSM more than {MASKING_MARGIN:g} point below the better PGD",
+    "transfer_pgd": f"transfer PGD more than {MASKING_MARGIN:g} point below the best white-box attack",
+    "transfer_cw": f"transfer CW∞ more than {MASKING_MARGIN:g} point below the best white-box attack",
+    "pgd_large_eps": f"above {LARGE_EPS_CEILING:g}% accuracy under PGD at eps {atk.LARGE_EPS:g}",
+}
+
+
+def masking_checks(row: dict) -> list[dict]:
+    """The gradient-masking checks whose accuracies `row` (attack -> accuracy in %) holds, each as
+    {"check", "fired", "detail"}. `evaluate` runs them on its row; `report` on every evaluation on disk."""
+    checks = []
+
+    def check(name: str, fired: bool, detail: str) -> None:
+        checks.append({"check": name, "fired": fired,
+                       "detail": detail + (": gradient masking suspected" if fired else "")})
+
+    def strongest(attacks: tuple[str, ...]) -> str | None:
+        """The attack of `attacks` that leaves the lowest accuracy in the row (None: none ran)."""
+        return min((a for a in attacks if a in row), key=row.get, default=None)
+
+    multi, gradient, pgd = strongest(MULTI_STEP), strongest(GRADIENT_ATTACKS), strongest(("pgd_sat", "pgd_trades"))
+    if "autoattack" in row and multi:
+        check("autoattack", row["autoattack"] < row[multi] - AUTOATTACK_GAP,
+              f"AutoAttack {row['autoattack']}% vs the best multi-step gradient attack ({multi} {row[multi]}%), "
+              f"flagged more than {AUTOATTACK_GAP:g} points below")
+    if "square" in row and gradient:
+        check("square", row["square"] < row[gradient] - MASKING_MARGIN,
+              f"black-box Square {row['square']}% vs the best gradient attack ({gradient} {row[gradient]}%), "
+              f"flagged more than {MASKING_MARGIN:g} point below")
+    if "fgsm" in row and pgd:
+        check("fgsm", row["fgsm"] < row[pgd] - MASKING_MARGIN,
+              f"one-step FGSM {row['fgsm']}% vs PGD ({pgd} {row[pgd]}%), flagged more than "
+              f"{MASKING_MARGIN:g} point below")
+    for transfer in ("transfer_pgd", "transfer_cw"):
+        if transfer in row and multi:
+            check(transfer, row[transfer] < row[multi] - MASKING_MARGIN,
+                  f"{transfer} from a surrogate {row[transfer]}% vs the best white-box attack "
+                  f"({multi} {row[multi]}%), flagged more than {MASKING_MARGIN:g} point below")
+    if "pgd_large_eps" in row:
+        check("pgd_large_eps", row["pgd_large_eps"] > LARGE_EPS_CEILING,
+              f"PGD at eps {atk.LARGE_EPS:g} leaves {row['pgd_large_eps']}% accuracy, flagged above "
+              f"{LARGE_EPS_CEILING:g}% (any image can become mid-grey there)")
+    return checks
 
 
 def _attack_functions(eps, surrogate, batch_size, seed, autoattack_state, autoattack_only,
@@ -137,6 +199,7 @@ def _attack_functions(eps, surrogate, batch_size, seed, autoattack_state, autoat
                                              n_queries=square_queries),
         "transfer_pgd": transfer("pgd_sat"),
         "transfer_cw": transfer("cw"),
+        "pgd_large_eps": lambda m, x, y: _batched(lambda xb, yb: atk.large_eps(m, xb, yb), x, y, batch_size),
     }
 
 

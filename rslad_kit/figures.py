@@ -43,13 +43,17 @@ COLORS: dict[str, tuple[float, float, float]] = {
     "ard": _PALETTE[1],
     "iad": _PALETTE[2],
     "rslad": _PALETTE[3],
+    # Figure 2's floor and ceiling: a random model, a teacher trained from another seed
+    "random-init": (0.75, 0.75, 0.75),
+    "teacher-reseeded": (0.45, 0.45, 0.45),
     # Figure 3's soft labels: RSL is RSLAD's own, NSL comes from the natural teacher
     "RSL": _PALETTE[3],
     "NSL": _PALETTE[7],
     "SSL": _PALETTE[9],
 }
 LABELS = {"teacher": "Teacher", "natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART",
-          "ard": "ARD", "iad": "IAD", "rslad": "RSLAD"}
+          "ard": "ARD", "iad": "IAD", "rslad": "RSLAD", "random-init": "Random init",
+          "teacher-reseeded": "2nd teacher"}
 ATTACK_LABELS = {"clean": "clean", "pgd_trades": "PGD_TRADES", "autoattack": "AutoAttack", "pgd_sat": "PGD_SAT",
                  "fgsm": "FGSM", "cw": "CW∞"}
 
@@ -120,22 +124,38 @@ def attention_maps(maps: Mapping[str, Mapping[str, Tensor]], *, images: int = 4,
 
 
 @styled
-def map_similarity(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
-    """The number beside Figure 2: each student's mean rank correlation with the teacher's maps, with
-    its 95% interval, one panel per map kind. `rows` come from `saliency.similarity_rows`."""
+def map_similarity(rows: Sequence[Mapping[str, Any]], differences: Sequence[Mapping[str, Any]] = (), *,
+                   title: str | None = None) -> Figure:
+    """The number beside Figure 2: each model's mean rank correlation with the teacher's maps, with its
+    95% interval, one panel per map kind (`saliency.similarity_rows`; floor and ceiling rows, if any,
+    are drawn hatched). With `differences` (`saliency.paired_differences`), a second row of panels
+    shows them with their intervals."""
     kinds = ("gradcam", "smoothgrad")
-    fig, axes = _figure(1, 2, 4.2, 3.2, sharey=True)
+    fig, axes = _figure(2 if differences else 1, 2, 4.2, 3.2, sharey="row")
     for ax, kind in zip(axes[0], kinds):
         sel = [r for r in rows if r["map"] == kind]
         names = [r["student"] for r in sel]
         means = np.array([r["mean"] for r in sel])
         err = np.array([[r["mean"] - r["low"], r["high"] - r["mean"]] for r in sel]).T.reshape(2, -1)
-        ax.bar(range(len(sel)), means, color=[color(n) for n in names], yerr=np.nan_to_num(err), capsize=4)
-        ax.set_xticks(range(len(sel)), [_label(n) for n in names])
+        bars = ax.bar(range(len(sel)), means, color=[color(n) for n in names], yerr=np.nan_to_num(err), capsize=4)
+        for bar, r in zip(bars, sel):
+            if r.get("role", "student") != "student":
+                bar.set_hatch("//")
+        ax.set_xticks(range(len(sel)), [_label(n) for n in names], rotation=30 if len(sel) > 4 else 0)
         ax.set_title("Grad-CAM" if kind == "gradcam" else "SmoothGrad")
         ax.axhline(0, color="black", linewidth=0.8)
     axes[0, 0].set_ylabel("Spearman ρ with the teacher")
     axes[0, 0].set_ylim(-1.05, 1.05)   # a correlation; the interval of a few seeds can be wider
+    for ax, kind in zip(axes[1] if differences else (), kinds):
+        sel = [d for d in differences if d["map"] == kind]
+        means = np.array([d["mean"] for d in sel])
+        err = np.array([[d["mean"] - d["low"], d["high"] - d["mean"]] if d["low"] is not None else [0, 0]
+                        for d in sel]).T.reshape(2, -1)
+        ax.bar(range(len(sel)), means, color=color("rslad"), yerr=err, capsize=4)
+        ax.set_xticks(range(len(sel)), [f"{_label(d['of'])} − {_label(d['minus'])}" for d in sel])
+        ax.axhline(0, color="black", linewidth=0.8)
+    if differences:
+        axes[1, 0].set_ylabel("paired difference in ρ")
     seeds = max((r["seeds"] for r in rows), default=1)
     images = max((r["images"] for r in rows), default=0)
     fig.suptitle(title or f"Student-teacher map similarity\n(mean, 95% interval; {images} images, {seeds} seed(s))")
@@ -144,29 +164,47 @@ def map_similarity(rows: Sequence[Mapping[str, Any]], *, title: str | None = Non
 
 # --- Figure 3: soft labels -------------------------------------------------------------------------
 
+SoftLabelView = tuple[Mapping[str, Tensor], Tensor, Mapping[str, Mapping[int, Mapping[str, float]]]]
+
+
 @styled
 def soft_labels(probs: Mapping[str, Tensor], y: Tensor, classes: Sequence[int], class_names: Sequence[str],
-                stats: Mapping[str, Mapping[int, Mapping[str, float]]], *, title: str | None = None) -> Figure:
+                stats: Mapping[str, Mapping[int, Mapping[str, float]]], *, training: SoftLabelView | None = None,
+                title: str | None = None) -> Figure:
     """For each class in `classes` (rows) and soft-label type (columns: RSL, NSL, SSL), the spread over
     that class's test images of the probability given to every class (box plots); each panel's title
-    gives the type's mean entropy and mean true-class probability (`stats[kind][class]`)."""
+    gives the type's mean entropy and mean true-class probability (`stats[kind][class]`).
+
+    `training = (probs, y, stats)` of augmented training views (what the student learns from) draws
+    them beside the test images: hatched boxes on the left of each class, test images on the right."""
     kinds = list(probs)
-    fig, axes = _figure(len(classes), len(kinds), 3.6, 2.8, sharey=True)
+    views = [("test images", probs, y, stats)] if training is None else [("training views", *training),
+                                                                         ("test images", probs, y, stats)]
+    width, offsets = (0.6, (0.0,)) if training is None else (0.35, (-0.2, 0.2))
+    fig, axes = _figure(len(classes), len(kinds), 3.6 if training is None else 4.4, 2.8 + 0.4 * len(views),
+                        sharey=True)
     for r, k in enumerate(classes):
         for c, kind in enumerate(kinds):
-            ax = axes[r, c]
-            p = probs[kind][y == k].cpu().numpy()
-            ax.boxplot(p, positions=range(p.shape[1]), widths=0.6, patch_artist=True, showfliers=False,
-                       boxprops=dict(facecolor=color(kind), alpha=0.5), medianprops=dict(color="black"))
-            ax.plot(range(p.shape[1]), p.mean(0), "o", color=color(kind), markersize=4)
-            ax.set_xticks(range(p.shape[1]), class_names, rotation=90 if len(class_names[0]) > 2 else 0,
+            ax, lines = axes[r, c], [f"{kind}, class {class_names[k]}"]
+            for (view, view_probs, view_y, view_stats), offset in zip(views, offsets):
+                p = view_probs[kind][view_y == k].cpu().numpy()
+                at = np.arange(p.shape[1]) + offset
+                boxes = ax.boxplot(p, positions=at, widths=width, patch_artist=True, showfliers=False,
+                                   boxprops=dict(facecolor=color(kind), alpha=0.5), medianprops=dict(color="black"))
+                if view == "training views":
+                    for box in boxes["boxes"]:
+                        box.set_hatch("///")
+                ax.plot(at, p.mean(0), "o", color=color(kind), markersize=4)
+                s = view_stats[kind][k]
+                lines.append(("" if training is None else f"{view}: ")
+                             + f"H = {s['entropy']:.2f} nats, p(true) = {s['true_prob']:.2f}")
+            ax.set_xticks(range(len(class_names)), class_names, rotation=90 if len(class_names[0]) > 2 else 0,
                           fontsize="x-small")
-            s = stats[kind][k]
-            ax.set_title(f"{kind}, class {class_names[k]}\nH = {s['entropy']:.2f} nats, "
-                         f"p(true) = {s['true_prob']:.2f}", fontsize="small")
+            ax.set_title("\n".join(lines), fontsize="small")
         axes[r, 0].set_ylabel("probability")
     axes[-1, len(kinds) // 2].set_xlabel("class")
-    fig.suptitle(title or "Soft labels: robust (RSL), natural (NSL), smoothed (SSL)")
+    shown = " (hatched) and ".join(view for view, *_ in views)
+    fig.suptitle(title or f"Soft labels: robust (RSL), natural (NSL), smoothed (SSL)\non {shown}")
     return fig
 
 
@@ -175,17 +213,18 @@ def soft_labels(probs: Mapping[str, Tensor], y: Tensor, classes: Sequence[int], 
 @styled
 def teacher_study(study: Mapping[str, Any]) -> Figure:
     """Students' robustness (mean, sd and each seed) against each teacher of the ladder, the teachers'
-    own robustness and the SAT student as a line; robust underfitting and saturation shaded. `study`
-    comes from `teacher_study.summarise`; its summary becomes the subtitle."""
+    own robustness and the SAT student as a line; robust underfitting and saturation shaded where they
+    hold beyond the seed noise (never with one seed). `study` comes from `teacher_study.summarise`; its
+    headline is the title's second line."""
     rows = study["rows"]
     x = np.arange(len(rows))
     fig, axes = _figure(1, 1, 7.5, 4.6)
     ax = axes[0, 0]
+    regions = {"underfitting": _PALETTE[2], "saturation": _PALETTE[3]}
     for i, r in enumerate(rows):
-        if r["teacher"] in study["underfitting"]:
-            ax.axvspan(i - 0.5, i + 0.5, color=_PALETTE[2], alpha=0.12, linewidth=0)
-        if r["teacher"] in study["saturation"]:
-            ax.axvspan(i - 0.5, i + 0.5, color=_PALETTE[3], alpha=0.12, linewidth=0)
+        for region, colour in regions.items():
+            if r["teacher"] in study[region]:
+                ax.axvspan(i - 0.5, i + 0.5, color=colour, alpha=0.12, linewidth=0)
     teacher = [r["teacher_robust"] if r["teacher_robust"] is not None else np.nan for r in rows]
     ax.plot(x, teacher, "s-", color=color("teacher"), label="teacher")
     student = [[v for v in r["student_robust"] if v is not None] for r in rows]
@@ -202,12 +241,10 @@ def teacher_study(study: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("teacher (parameters)")
     ax.set_ylabel(f"{ATTACK_LABELS.get(study['attack'], study['attack'])} accuracy (%), eps {study['eps']:.3g}")
     handles, labels = ax.get_legend_handles_labels()
-    patches = [matplotlib.patches.Patch(color=_PALETTE[2], alpha=0.25, label="robust underfitting"),
-               matplotlib.patches.Patch(color=_PALETTE[3], alpha=0.25, label="robust saturation")]
+    patches = [matplotlib.patches.Patch(color=colour, alpha=0.25, label=f"robust {region}")
+               for region, colour in regions.items() if study[region]]
     ax.legend(handles + patches, labels + [p.get_label() for p in patches], fontsize="small", loc="best")
-    shape = ("rise and fall, as in the paper" if study["rise_and_fall"] else
-             "no clear rise and fall (unlike the paper)" if study["rise_and_fall"] is not None else "unfinished")
-    fig.suptitle(f"Which teacher? {study['student']} students on {study['dataset']}\n{shape}")
+    fig.suptitle(f"Which teacher? {study['student']} students on {study['dataset']}\n{study['headline']}")
     return fig
 
 
@@ -368,7 +405,8 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     by_method = {m: plan.rows.get((table, plan.plan.students[0], m), []) for m in plan.methods}  # method -> by seed
     seeds = [s for s, run in enumerate(by_method.get("rslad", [])) if (plan.out / "runs" / run / "best.pt").is_file()]
     soft = 7 in plan.plan.tables
-    needed = ["teacher", *(["teacher-natural"] if soft else []),
+    ceiling = "teacher-reseeded" in plan.runs   # Figure 2's second teacher (a kit-trained teacher only)
+    needed = ["teacher", *(["teacher-natural"] if soft else []), *(["teacher-reseeded"] if ceiling else []),
               *[by_seed[s] for by_seed in by_method.values() for s in (seeds or [0]) if s < len(by_seed)]]
     missing = [p for r in needed if not (p := reproduce.checkpoint_file(plan, r, "best")).is_file()]
     if missing:
@@ -381,8 +419,8 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     teacher = reproduce.load_for_eval(plan, "teacher", "best", device)
     written: list[Path] = []
     with tqdm(total=4, desc="figures", disable=not progress) as bar:
-        written += _figure2(plan, teacher, by_method, seeds, test.take(images), out, against=against, sigma=sigma,
-                            samples=samples)
+        written += _figure2(plan, teacher, by_method, seeds, test.take(images), ds.num_classes, out, against=against,
+                            sigma=sigma, samples=samples)
         bar.update()
         if soft:
             natural = reproduce.load_for_eval(plan, "teacher-natural", "best", device)
@@ -400,38 +438,70 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     return written
 
 
-def _figure2(plan, teacher, by_method, seeds, test, out: Path, *, against: str, sigma: float,
+def _figure2(plan, teacher, by_method, seeds, test, num_classes: int, out: Path, *, against: str, sigma: float,
              samples: int) -> list[Path]:
-    """Maps of the teacher and of every seed's ARD, IAD, RSLAD and SAT students; their similarity."""
+    """Maps of the teacher and of every seed's ARD, IAD, RSLAD and SAT students; their similarity to the
+    teacher's between a floor (a random model and a natural student, of the student's architecture) and
+    a ceiling (a second teacher, another seed); RSLAD minus each other student, paired by seed."""
     kw = dict(eps=plan.eps, sigma=sigma, samples=samples)
     teacher_maps = saliency.adversarial_maps(teacher, _arch(plan, "teacher", teacher), test.x, test.y, **kw)
-    students: dict[str, list[dict[str, Tensor]]] = {}
-    for m in (m for m in SALIENCY_METHODS if by_method.get(m)):
-        for s in seeds:
-            model = reproduce.load_for_eval(plan, by_method[m][s], "best", test.x.device)
-            students.setdefault(m, []).append(saliency.adversarial_maps(   # teacher: its examples, crafted once
-                model, plan.runs[by_method[m][s]].model, test.x, test.y,
-                x_adv=teacher_maps["x_adv"].to(test.x.device) if against == "teacher" else None, **kw))
-    shown = {"teacher": teacher_maps} | {m: maps[0] for m, maps in students.items()}   # seed 0
-    rows = saliency.similarity_rows(students, teacher_maps)
+    shared = teacher_maps["x_adv"].to(test.x.device) if against == "teacher" else None   # crafted once
+
+    def maps(model: torch.nn.Module, arch: str) -> dict[str, Tensor]:
+        return saliency.adversarial_maps(model, arch, test.x, test.y, x_adv=shared, **kw)
+
+    def run_maps(run: str) -> dict[str, Tensor]:
+        return maps(reproduce.load_for_eval(plan, run, "best", test.x.device), plan.runs[run].model)
+
+    student = plan.plan.students[0]
+    roles: dict[str, str] = {"random-init": "floor"}
+    models_maps: dict[str, list[dict[str, Tensor]]] = {"random-init": []}
+    for s in seeds:
+        with attacks.seeded(s, test.x.device):   # a fresh model of the student's architecture, per seed
+            random_model = models.build(student, num_classes, in_channels=test.x.shape[1])
+        models_maps["random-init"].append(maps(random_model.to(test.x.device).eval(), student))
+    for m in ("natural", *SALIENCY_METHODS):
+        if by_method.get(m):
+            roles[m] = "floor" if m == "natural" else "student"
+            models_maps[m] = [run_maps(by_method[m][s]) for s in seeds]
+    if "teacher-reseeded" in plan.runs:
+        roles["teacher-reseeded"] = "ceiling"
+        models_maps["teacher-reseeded"] = [run_maps("teacher-reseeded")]
+    shown = {"teacher": teacher_maps} | {m: models_maps[m][0] for m in SALIENCY_METHODS if m in models_maps}
+    rows = [r | {"role": roles[r["student"]]} for r in saliency.similarity_rows(models_maps, teacher_maps)]
+    differences = saliency.paired_differences(rows, "rslad", ("ard", "iad", "sat"))
     meta = {"results": str(plan.out), "against": against, "attack": "pgd_trades", "eps": plan.eps,
             "sigma": sigma, "samples": samples, "images": len(test), "seeds": seeds, "target": "true-class logit"}
     return [*save(attention_maps(shown, images=min(4, len(test))), out / "figure2_attention"),
-            *save(map_similarity(rows), out / "figure2_similarity"),
-            *_write_json(out / "figure2_similarity.json", meta | {"rows": rows}),
-            *_write_text(out / "figure2_similarity.md", similarity_markdown(rows, meta))]
+            *save(map_similarity(rows, differences), out / "figure2_similarity"),
+            *_write_json(out / "figure2_similarity.json", meta | {"rows": rows, "differences": differences}),
+            *_write_text(out / "figure2_similarity.md", similarity_markdown(rows, meta, differences))]
 
 
 def _figure3(plan, teacher, natural, test, ds, out: Path) -> list[Path]:
-    """The three soft labels of the whole test set; two classes drawn, statistics for all."""
-    x, y = test.x, test.y
-    probs = train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
+    """The three soft labels of the whole test set and of as many augmented training views (random
+    crop and flip as in training, seed 0: what the student learns from); two classes drawn, statistics
+    for all."""
+    train_x = ds.train.x[:len(test)].to(test.x.device)
+    views = {"test": (test.x, test.y),
+             "train": (data.augment(train_x, padding=ds.crop_padding, flip=ds.flip,
+                                    generator=torch.Generator(test.x.device).manual_seed(0)),
+                       ds.train.y[:len(test)].to(test.x.device))}
     classes = SOFT_LABEL_CLASSES[plan.dataset]
-    stats = train.soft_label_class_stats(probs, y, classes)
-    return [*save(soft_labels(probs, y, classes, ds.classes, stats), out / "figure3_soft_labels"),
+    probs = {view: train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
+             for view, (x, y) in views.items()}
+    stats = {view: train.soft_label_class_stats(probs[view], y, classes) for view, (_, y) in views.items()}
+    fig = soft_labels(probs["test"], test.y, classes, ds.classes, stats["test"],
+                      training=(probs["train"], views["train"][1], stats["train"]))
+    return [*save(fig, out / "figure3_soft_labels"),
             *_write_json(out / "figure3_soft_labels.json",
                          {"smoothing": plan.base.smoothing, "classes": [ds.classes[k] for k in classes],
-                          "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats.items()}})]
+                          "images": {"test": f"the first {len(test)} test images",
+                                     "train": f"the first {len(test)} training images, one augmented view each "
+                                              f"(random crop, padding {ds.crop_padding}, flip {ds.flip}; seed 0)"},
+                          "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats["test"].items()},
+                          "stats_train_views": {kind: {str(k): v for k, v in s.items()}
+                                                for kind, s in stats["train"].items()}})]
 
 
 def _kit_plots(plan, teacher, by_method, test, class_names, out: Path) -> list[Path]:
@@ -469,19 +539,32 @@ def write_teacher_study(folder: str | Path, out: str | Path | None = None) -> li
     return save(teacher_study(study_lib.load(folder)), Path(out or folder) / "figure4_teacher_study")
 
 
-def similarity_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
-    """Figure 2's number as a Markdown table."""
+def similarity_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
+                        differences: Sequence[Mapping[str, Any]] = ()) -> str:
+    """Figure 2's numbers as Markdown tables: each model's similarity, then the paired differences."""
     lines = ["# How alike are the students' and the teacher's maps?", "",
-             f"Mean Spearman rank correlation between each student's map and the teacher's, over "
+             f"Mean Spearman rank correlation between each model's map and the teacher's, over "
              f"{meta['images']} test images; adversarial examples by PGD_TRADES (eps {meta['eps']:.4g}) against "
              f"{'the teacher' if meta['against'] == 'teacher' else 'each model'}; maps of the true-class logit; "
              f"SmoothGrad sigma {meta['sigma']} of the input range, {meta['samples']} samples. The 95% interval "
-             "is across images for one seed, across seeds' means for several.", "",
-             "| student | map | mean | 95% interval | images | seeds |", "|---|---|---|---|---|---|"]
+             "is across images for one seed, across seeds' means for several. The floor is what a model of the "
+             "student's architecture shares with the teacher without learning from it (randomly initialised, or "
+             "trained naturally); the ceiling is a second teacher trained from another seed.", "",
+             "| model | role | map | mean | 95% interval | images | seeds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         interval = "—" if math.isnan(r["low"]) else f"[{r['low']:.3f}, {r['high']:.3f}]"
-        lines.append(f"| {_label(r['student'])} | {'Grad-CAM' if r['map'] == 'gradcam' else 'SmoothGrad'} | "
+        lines.append(f"| {_label(r['student'])} | {r.get('role', 'student')} | "
+                     f"{'Grad-CAM' if r['map'] == 'gradcam' else 'SmoothGrad'} | "
                      f"{r['mean']:.3f} | {interval} | {r['images']} | {r['seeds']} |")
+    if differences:
+        lines += ["", "Paired by seed (the same seed's students share initialisation and data order): the mean "
+                  "difference in ρ, its 95% interval and the seeds it rests on.", "",
+                  "| difference | map | mean | 95% interval | seeds |", "|---|---|---|---|---|"]
+        for d in differences:
+            interval = "—" if d["low"] is None else f"[{d['low']:+.3f}, {d['high']:+.3f}]"
+            lines.append(f"| {_label(d['of'])} − {_label(d['minus'])} | "
+                         f"{'Grad-CAM' if d['map'] == 'gradcam' else 'SmoothGrad'} | {d['mean']:+.3f} | {interval} | "
+                         f"{d['seeds']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,8 +12,9 @@ Conventions (the whole kit relies on them):
 * Classifier heads use global average pooling. On 32x32 inputs this equals the official
   `avg_pool2d(4)` / `avg_pool2d(8)`; on other sizes it still gives one feature vector per image, where the
   official `view(-1, C)` would silently mix images of a batch.
-* Grad-CAM target: `unwrap(model).features[-1]` for `SmallCNN` (the last conv-BN-ReLU block, before its
-  pooling), `layer4` for ResNets.
+* Grad-CAM target: the last activation before global pooling (rslad_kit/saliency.py, `GRADCAM_LAYERS`).
+  Where that activation was a function call, it is a weightless module (`relu`, `relu2`), so state dicts
+  are unchanged.
 
 RobustBench teachers (`load_teacher`). The kit does not import `robustbench`: PyPI robustbench 1.1.1 cannot
 be imported as released (it imports `autoattack` but depends on `pyautoattack`; it also pins timm and gdown
@@ -206,11 +207,12 @@ class MobileNetV2(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.conv2 = nn.Conv2d(320, 1280, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(1280)
+        self.relu2 = nn.ReLU()   # a module (no weights) so Grad-CAM can hook what the pooling reads
         self.linear = nn.Linear(1280, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.relu2(self.bn2(self.conv2(out)))
         return self.linear(_pool_flatten(out))
 
 
@@ -263,6 +265,7 @@ class WideResNet(nn.Module):
         self.block2 = _NetworkBlock(n, widths[1], widths[2], 2)
         self.block3 = _NetworkBlock(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
+        self.relu = nn.ReLU()   # TRADES' name; a module so Grad-CAM can hook what the pooling reads
         self.fc = nn.Linear(widths[3], num_classes)
         # TRADES' initialisation, kept so a teacher trained from scratch matches the official recipe.
         for m in self.modules():
@@ -277,7 +280,7 @@ class WideResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
-        return self.fc(_pool_flatten(F.relu(self.bn1(out))))
+        return self.fc(_pool_flatten(self.relu(self.bn1(out))))
 
 
 # ---------------------------------------------------------------- DeepMind WideResNet (Gowal et al. 2020)
@@ -331,11 +334,12 @@ class DMWideResNet(nn.Module):
                                    _DMBlockGroup(n, widths[1], widths[2], 2),
                                    _DMBlockGroup(n, widths[2], widths[3], 2))
         self.batchnorm = nn.BatchNorm2d(widths[3])
+        self.relu = nn.SiLU()   # RobustBench's name for its activation; a module so Grad-CAM can hook it
         self.logits = nn.Linear(widths[3], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer(self.init_conv(self.normalize(x)))
-        return self.logits(_pool_flatten(F.silu(self.batchnorm(out))))
+        return self.logits(_pool_flatten(self.relu(self.batchnorm(out))))
 
 
 # ---------------------------------------------------------------- classroom CNN

@@ -3,8 +3,9 @@
 `reproduce.build_plan` fills a `Plan`; `reproduce.execute` runs its tasks; `report` reads it to write the
 tables. Keeping the plan here lets both import it without importing each other.
 
-Run names: `teacher`, `teacher-natural`, `surrogate`, and `<student>-<row>-s<seed>` for students, where
-a row is a method, a Table 6 variant or a Table 7 soft-label variant.
+Run names: `teacher`, `teacher-reseeded` (Figure 2's ceiling), `teacher-natural`, `surrogate`, and
+`<student>-<row>-s<seed>` for students, where a row is a method, a Table 6 variant or a Table 7
+soft-label variant.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PAPER_METHODS = ("natural", "sat", "trades", "mart", "ard", "iad", "rslad")
 WHITE_BOX = evaluate_lib.PAPER_ATTACKS                     # Tables 2, 3, 4, 6
 BLACK_BOX = ("transfer_pgd", "transfer_cw", "square")      # Table 5
 SOFT_LABEL_ATTACKS = ("clean", "pgd_trades", "autoattack")  # Table 7
+CHECKS = WHITE_BOX + ("pgd_large_eps",)                   # best checkpoints: the tables' attacks + the large-eps check
 SLOW_ATTACKS = ("autoattack", "square")                     # query-bound: a fixed cost per model on a CPU
 
 # Table 6: (outer-minimisation method, inner-maximisation method), all under RSLAD's schedule.

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from rslad_kit.evaluate import MASKING_CHECKS, masking_checks
 from rslad_kit.plan import BLACK_BOX, SOFT_LABEL_ATTACKS, WHITE_BOX, Plan
 from rslad_kit.stats import MAX_SEEDS, RESOLUTION, Paired, paired
 from rslad_kit.runs import write_text
 
 ATTACK_NAMES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES", "cw": "CW∞",
                 "autoattack": "AA", "transfer_pgd": "PGD-20 (transfer)", "transfer_cw": "CW∞ (transfer)",
-                "square": "Square"}
+                "square": "Square", "pgd_large_eps": "PGD (eps 0.5)"}
 ROW_NAMES = {"natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART", "ard": "ARD", "iad": "IAD",
              "rslad": "RSLAD", "ard-300": "ARD-300", "ard_min+rslad_max": "ARD_min + RSLAD_max",
              "rslad_min+ard_max": "RSLAD_min + ARD_max"}
@@ -281,6 +282,21 @@ def claims(plan: Plan) -> list[str]:
     return out
 
 
+def masking(plan: Plan) -> list[str]:
+    """The gradient-masking checks (`evaluate.masking_checks`) on every evaluated checkpoint on disk:
+    how many checkpoints each check could read, how many it fired on, and each firing."""
+    checked = dict.fromkeys(MASKING_CHECKS, 0)
+    fired: dict[str, list[str]] = {name: [] for name in MASKING_CHECKS}
+    for run, entry in sorted(plan.evals().items()):
+        for ckpt in ("best", "last"):
+            for c in masking_checks(entry.get(ckpt, {})):
+                checked[c["check"]] += 1
+                if c["fired"]:
+                    fired[c["check"]].append(f"  - {run} ({ckpt}): {c['detail']}")
+    return [line for name, when in MASKING_CHECKS.items() if checked[name]
+            for line in [f"- {when}: fired on {len(fired[name])} of {checked[name]} checkpoint(s)", *fired[name]]]
+
+
 def student_label(plan: Plan) -> str:
     return f"{plan.plan.students[0]} on {plan.dataset}"
 
@@ -328,13 +344,14 @@ def write(plan: Plan, seconds: float | None = None) -> list[Path]:
     for number in missing:
         lines += [f"Table {number} is not part of this preset (Table 3 is CIFAR-10's white-box table, "
                   f"Table 4 CIFAR-100's; this preset's white-box results are in the other).", ""]
+    lines += ["## Gradient-masking checks", "",
+              "Where a weaker attack beats the stronger ones, or a huge eps leaves the model accurate, the gradient "
+              "attacks overestimate robustness (gradient masking, or simply a weak gradient attack on this input); "
+              "AutoAttack, which includes Square, is then the number to trust. Each check compares accuracies on "
+              "the same test images (`rslad_kit.evaluate.masking_checks`).", "",
+              *(masking(plan) or ["- no checkpoint has the accuracies a check needs"]), ""]
     if warnings:
-        lines += ["## Evaluation warnings", ""]
-        if any("Square" in w for w in warnings):
-            lines += ["Where black-box Square finds more adversarial examples than PGD, the gradient attacks "
-                      "overestimate robustness (gradient masking, or simply a weak gradient attack on this input); "
-                      "AutoAttack, which includes Square, is the number to trust.", ""]
-        lines += [*[f"- {w}" for w in warnings], ""]
+        lines += ["## Evaluation warnings", "", *[f"- {w}" for w in warnings], ""]
     path = plan.out / "summary.md"
     write_text(path, "\n".join(lines))
     return [*written, path]

@@ -2,7 +2,9 @@
 
 The paper (Figure 2) shows three images and says RSLAD's maps look more like the teacher's than ARD's
 and IAD's. `map_similarity` turns that into a number: the mean Spearman rank correlation between two
-models' maps over many images, with a 95% interval.
+models' maps over many images, with a 95% interval. Figure 2 sets it between a floor (a random model
+and a naturally trained student) and a ceiling (a second teacher trained from another seed), and
+compares RSLAD with the other students paired by seed (`paired_differences`).
 
 Both maps explain the *true* class's logit, so every model is asked the same question about the same
 image, even where an adversarial example makes the models predict different classes.
@@ -21,21 +23,27 @@ from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
 from rslad_kit import models
-from rslad_kit.stats import mean_interval
+from rslad_kit.stats import mean_interval, paired
 
-# Grad-CAM's target layer for every registry architecture, by its `get_submodule` path. The last
-# stage before global pooling, as in the Grad-CAM paper; on 32x32 CIFAR inputs that is a 4x4 map
-# (ResNets, MobileNetV2) or 8x8 (WideResNets).
-# SmallCNN: on 8x8 digits its last conv layer after pooling would be 2x2, which shows nothing; the
-# output of its third block is taken *before* that block's max-pool, a 4x4 map (8x8 on 16x16 digits).
+# Grad-CAM's target layer for every registry architecture, by its `get_submodule` path: the same point
+# in every architecture, the last activation before global pooling (after the final BN and ReLU, or
+# SiLU), as in the Grad-CAM paper. Its output is what the pooling reads (tests/test_saliency.py hooks
+# each entry and checks), so student and teacher maps compare the same stage. On 32x32 CIFAR inputs
+# that is a 4x4 map (ResNets, MobileNetV2) or 8x8 (WideResNets).
+# - ResNets: `layer4`, whose last block ends in its ReLU.
+# - MobileNetV2: `relu2`, after `conv2` and `bn2` (not `layers`, which is before them).
+# - WideResNets: `relu`, after the final `bn1` / `batchnorm` (not `block3` / `layer`, before them).
+# - SmallCNN: `features.2`, the third conv-BN-ReLU block. The only stage between it and the global
+#   pooling is a 2x2 max-pool, which is no activation; taking the map before it keeps 4x4 on 8x8
+#   digits (8x8 on 16x16) instead of 2x2, which shows nothing.
 GRADCAM_LAYERS: dict[str, str] = {
     "resnet18": "layer4",
     "resnet34": "layer4",
     "resnet50": "layer4",
-    "mobilenetv2": "layers",      # its forward applies relu functionally: no module after `bn2` to hook
-    "wrn-34-10": "block3",
-    "wrn-34-20": "block3",
-    "wrn-70-16": "layer",
+    "mobilenetv2": "relu2",
+    "wrn-34-10": "relu",
+    "wrn-34-20": "relu",
+    "wrn-70-16": "relu",
     "cnn-w2": "features.2",
     "cnn-w4": "features.2",
     "cnn-w8": "features.2",
@@ -73,6 +81,7 @@ def gradcam(model: nn.Module, arch: str, x: Tensor, y: Tensor, batch_size: int =
     Runs pytorch-grad-cam with gradients on even inside `torch.no_grad()` (it needs autograd). The
     input, not the weights, carries `requires_grad`, so a frozen teacher works and no flag changes.
     The model's mode is restored; its weights' `.grad`, which pytorch-grad-cam writes, is cleared.
+    Raises if the library returns fewer maps than images.
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -84,6 +93,10 @@ def gradcam(model: nn.Module, arch: str, x: Tensor, y: Tensor, batch_size: int =
             targets = [ClassifierOutputTarget(int(k)) for k in y[i:i + batch_size]]
             maps.append(torch.from_numpy(cam(xb, targets=targets)))
     model.zero_grad(set_to_none=True)   # pytorch-grad-cam backpropagates into the weights' .grad
+    got = sum(len(m) for m in maps)
+    if got != len(x):   # pytorch-grad-cam's __exit__ swallows an IndexError and leaves the loop early
+        raise RuntimeError(f"pytorch-grad-cam returned {got} maps for {len(x)} images of {arch} (it hides an "
+                           f"IndexError it met; check that layer {GRADCAM_LAYERS[arch]!r} gives a 2-D map)")
     return torch.cat(maps)
 
 
@@ -168,3 +181,17 @@ def similarity_rows(students: dict[str, list[dict[str, Tensor]]], teacher: dict[
                          "high": overall["high"], "images": seeds[0]["n"], "seeds": len(seeds),
                          "per_seed": seeds})
     return rows
+
+
+def paired_differences(rows: list[dict], of: str, others: tuple[str, ...]) -> list[dict]:
+    """`of`'s similarity to the teacher minus each of `others`', per map kind, paired by seed
+    (`stats.paired` over the rows' per-seed means; the rows share their seeds, in order)."""
+    by_seed = {(r["student"], r["map"]): dict(enumerate(s["mean"] for s in r["per_seed"])) for r in rows}
+    out = []
+    for kind in ("gradcam", "smoothgrad"):
+        for other in others:
+            if (of, kind) in by_seed and (other, kind) in by_seed:
+                d = paired(by_seed[of, kind], by_seed[other, kind])
+                out.append({"map": kind, "of": of, "minus": other, "mean": d.mean, "low": d.low, "high": d.high,
+                            "seeds": d.n, "p": d.p, "text": str(d)})
+    return out

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rslad_kit import UserError, attacks
+from rslad_kit import evaluate as evaluate_lib
 from rslad_kit.evaluate import evaluate
 
 EPS = 8 / 255
@@ -186,16 +187,100 @@ class Masked(nn.Module):
         return self.net(torch.round(x * 4) / 4) * 1.0 + 0 * x.sum()
 
 
-@pytest.mark.slow
-def test_square_beats_masked_gradients_and_is_flagged():
-    torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(24, 3, 8, 8, generator=g)
+class GradientOnlyOnTheGrid(torch.autograd.Function):
+    """The identity, whose gradient passes only for images whose pixels all lie on the 1/4 grid."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x * 4 == torch.round(x * 4)).flatten(1).all(1).view(-1, 1, 1, 1)
+
+
+class CleanOnly(nn.Module):
+    """Gradient masking that only a one-step attack gets past: on-grid (clean) images have their true
+    gradient, so FGSM works; a random start leaves the grid, and PGD sees no gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_model()
+
+    def forward(self, x):
+        return self.net(GradientOnlyOnTheGrid.apply(x))
+
+
+CHEAP = ["clean", "fgsm", "pgd_sat", "pgd_trades", "cw", "pgd_large_eps", "transfer_pgd", "transfer_cw"]
+
+
+def fired(row):
+    return {c["check"] for c in row["masking_checks"] if c["fired"]}
+
+
+def self_labelled(model, x):
+    return x, model(x).argmax(1)   # correct everywhere, so only the attacks decide
+
+
+HONEST_ROW = {"clean": 90.0, "fgsm": 50.0, "pgd_sat": 40.0, "pgd_trades": 41.0, "cw": 39.0, "autoattack": 36.0,
+              "square": 45.0, "transfer_pgd": 70.0, "transfer_cw": 72.0, "pgd_large_eps": 0.0}
+MASKED_VALUES = {"autoattack": 20.0, "square": 30.0, "fgsm": 35.0, "transfer_pgd": 30.0, "transfer_cw": 30.0,
+                 "pgd_large_eps": 60.0}
+
+
+@pytest.mark.parametrize("check", evaluate_lib.MASKING_CHECKS)
+def test_each_masking_check_fires_on_its_sign_alone_and_not_on_an_honest_row(check):
+    assert {c["check"] for c in evaluate_lib.masking_checks(HONEST_ROW)} == set(evaluate_lib.MASKING_CHECKS)
+    assert not fired({"masking_checks": evaluate_lib.masking_checks(HONEST_ROW)})
+    row = HONEST_ROW | {check: MASKED_VALUES[check]}
+    found = [c for c in evaluate_lib.masking_checks(row) if c["fired"]]
+    assert [c["check"] for c in found] == [check] and "gradient masking suspected" in found[0]["detail"]
+    assert check not in {c["check"] for c in evaluate_lib.masking_checks({"clean": 90.0})}   # nothing to compare
+
+
+def test_a_quantised_input_fires_the_large_eps_and_transfer_checks():
     model = Masked().eval()
-    y = model(x).argmax(1)  # correct everywhere, so only the attacks decide
-    with pytest.warns(UserWarning, match="gradient masking"):
-        row = evaluate(model, (x, y), ["clean", "pgd_sat", "square"], eps=0.1)
-    assert row["clean"] == 100.0 and row["pgd_sat"] == 100.0 and row["square"] < 100.0
+    x, y = self_labelled(model, torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    with pytest.warns(UserWarning, match="gradient masking suspected"):
+        row = evaluate(model, (x, y), CHEAP, eps=0.05, surrogate=model.net)
+    assert row["pgd_large_eps"] == 100.0   # zero gradients: PGD never leaves the clean image
+    assert fired(row) == {"pgd_large_eps", "transfer_pgd", "transfer_cw"}
+    assert any(w.startswith("PGD at eps 0.5 leaves 100.0%") for w in row["warnings"])
+
+
+def test_gradients_only_at_clean_images_fire_the_fgsm_check():
+    model = CleanOnly().eval()
+    x, y = self_labelled(model, torch.randint(0, 5, (64, 3, 8, 8), generator=torch.Generator().manual_seed(0)) / 4)
+    row = evaluate(model, (x, y), ["clean", "fgsm", "pgd_sat", "pgd_trades"], eps=0.05)
+    assert row["fgsm"] < row["pgd_sat"] - evaluate_lib.MASKING_MARGIN and fired(row) == {"fgsm"}
+
+
+def test_an_honest_model_fires_no_masking_check():
+    model = tiny_model().eval()
+    x, y = self_labelled(model, torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    row = evaluate(model, (x, y), CHEAP, eps=0.05, surrogate=tiny_model(seed=1).eval())
+    assert {c["check"] for c in row["masking_checks"]} == {"fgsm", "transfer_pgd", "transfer_cw", "pgd_large_eps"}
+    assert row["pgd_sat"] < 100.0 and row["pgd_large_eps"] == 0.0   # the attacks work, and nothing fires
+    assert not fired(row) and not row["warnings"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("masked", [True, False])
+def test_square_and_autoattack_fire_on_masked_gradients_only(masked, tmp_path):
+    torch.set_num_threads(1)
+    model = (Masked() if masked else tiny_model()).eval()
+    x, y = self_labelled(model, torch.rand(24, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    # through the resumable path `reproduce` uses: one sub-attack per AutoAttack call
+    state = tmp_path / "state.pt"
+    row = evaluate(model, (x, y), ["clean", "pgd_sat", "cw", "autoattack", "square"], eps=0.05,
+                   autoattack_state=state, autoattack_only=("apgd-ce", "square"), square_queries=1000)
+    assert fired(row) == ({"autoattack", "square"} if masked else set())
+    if masked:   # AutoAttack's own Square check, which needs every sub-attack's accuracy, still runs
+        assert row["clean"] == 100.0 and row["pgd_sat"] == 100.0
+        assert any("(AutoAttack's check): Square Attack has decreased" in w for w in row["warnings"])
+        assert set(torch.load(state, weights_only=True)["accuracy"]) == {"clean", "apgd-ce", "square"}
 
 
 def test_autoattack_adapter_is_deterministic_bounded_and_resumable(batch, tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from rslad_kit import evaluate, figures, models, reproduce, saliency, teacher_study, train  # noqa: E402
+from rslad_kit import data, evaluate, figures, models, reproduce, saliency, teacher_study, train  # noqa: E402
 from rslad_kit.cli import main  # noqa: E402
 from rslad_kit.config import preset  # noqa: E402
 
@@ -57,6 +57,11 @@ def test_map_similarity_has_one_bar_per_student_in_each_map_panel(tiny):
         ("ard", "gradcam", 1), ("ard", "smoothgrad", 1), ("rslad", "gradcam", 2), ("rslad", "smoothgrad", 2)]
     fig = rendered(figures.map_similarity(rows))
     assert titles(fig) == ["Grad-CAM", "SmoothGrad"]
+    differences = saliency.paired_differences(rows, "rslad", ("ard",))   # one seed shared: no interval
+    assert [(d["map"], d["seeds"], d["low"]) for d in differences] == [("gradcam", 1, None), ("smoothgrad", 1, None)]
+    with_differences = rendered(figures.map_similarity(rows, differences))
+    assert len(with_differences.axes) == 4 and with_differences.axes[2].get_ylabel() == "paired difference in ρ"
+    assert [t.get_text() for t in with_differences.axes[2].get_xticklabels()] == ["RSLAD − ARD"]
     assert fig.axes[0].get_ylabel() == "Spearman ρ with the teacher"
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["ARD", "RSLAD"]
     assert len(fig.axes[0].patches) == 2
@@ -73,6 +78,16 @@ def test_soft_labels_has_a_panel_per_class_and_type_with_its_statistics(tiny):
     assert titles(fig)[0].startswith("RSL, class 3\nH = ") and "p(true) = " in titles(fig)[0]
     assert titles(fig)[5].startswith("SSL, class 8")
     assert fig.axes[0].get_ylabel() == "probability"
+    assert fig.get_suptitle().endswith("on test images")
+
+    # beside augmented training views, which the panel titles and the title name
+    views = data.augment(x, padding=1, flip=False, generator=torch.Generator().manual_seed(0))
+    train_probs = train.soft_label_sets(nets["teacher"], nets["ard"], views, y, preset("smoke"), 10)
+    both = rendered(figures.soft_labels(probs, y, (3, 8), [str(c) for c in range(10)], stats,
+                                        training=(train_probs, y, train.soft_label_class_stats(train_probs, y, (3, 8)))))
+    assert titles(both)[0].split("\n")[1].startswith("training views: H = ")
+    assert titles(both)[0].split("\n")[2].startswith("test images: H = ")
+    assert both.get_suptitle().endswith("on training views (hatched) and test images")
 
 
 def study(student_robust, teacher_robust, sat=30.0):
@@ -85,25 +100,31 @@ def study(student_robust, teacher_robust, sat=30.0):
 
 
 def test_teacher_study_figure_marks_the_regions_and_says_what_it_shows():
-    data = study([[40, 42], [48, 50], [45, 44], [38, 40]], [35, 47, 55, 60])
+    data = study([[40, 42, 41], [48, 50, 49], [43, 44, 43], [38, 40, 39]], [20, 47, 55, 60])
     assert data["rise_and_fall"] and data["best"] == "t1"
-    assert data["underfitting"] == ["t0", "t1"] and data["saturation"] == ["t2", "t3"]
+    assert data["underfitting"] == ["t0"] and data["saturation"] == ["t2", "t3"]
     fig = rendered(figures.teacher_study(data))
     ax = fig.axes[0]
     assert ax.get_ylabel().startswith("PGD_TRADES accuracy (%)")
     assert ax.get_xlabel() == "teacher (parameters)"
-    assert "rise and fall, as in the paper" in fig.get_suptitle()
+    assert "rise and fall beyond the seed noise, as in the paper" in fig.get_suptitle()
     assert {"teacher", "RSLAD student", "SAT student", "robust underfitting", "robust saturation"} <= {
         t.get_text() for t in ax.get_legend().get_texts()}
 
-    flat = study([[40], [45], [50]], [50, 55, 60])   # keeps rising: not the paper's shape
-    assert not flat["rise_and_fall"] and "does not rise and fall" in flat["summary"]
-    assert "no clear rise and fall" in rendered(figures.teacher_study(flat)).get_suptitle()
+    flat = study([[40, 41], [45, 46], [50, 51]], [50, 55, 60])   # keeps rising: not the paper's shape
+    assert not flat["rise_and_fall"] and "no rise and fall (unlike the paper)" in flat["summary"]
+    fig = rendered(figures.teacher_study(flat))
+    assert "peaks at t2, the largest teacher: no rise and fall" in fig.get_suptitle()
+    assert "robust saturation" not in {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
 
     # a peak inside the ladder that the seeds cannot tell from its neighbours is not the paper's shape
     noisy = study([[40, 30], [48, 34], [45, 33]], [35, 47, 55])
     assert noisy["best"] == "t1" and not noisy["rise_and_fall"]
     assert "not beyond the seed noise" in noisy["summary"]
+
+    one_seed = study([[40], [48], [38]], [35, 47, 55])   # the paper's shape, but one seed cannot show it
+    assert "signs only (one seed)" in rendered(figures.teacher_study(one_seed)).get_suptitle()
+    assert not one_seed["saturation"] and "paper" not in one_seed["headline"]
 
 
 def test_autoattack_studies_say_so_on_the_axis():
@@ -201,11 +222,16 @@ def test_figures_command_writes_every_figure_and_the_similarity_table(smoke_resu
     assert sorted(p.name for p in out.iterdir()) == sorted(EXPECTED)
     similarity = json.loads((out / "figure2_similarity.json").read_text())
     assert similarity["images"] == 60 and similarity["seeds"] == [0, 1] and similarity["against"] == "teacher"
-    assert {(r["student"], r["map"]) for r in similarity["rows"]} == {
-        (m, k) for m in figures.SALIENCY_METHODS for k in ("gradcam", "smoothgrad")}
-    assert all(-1 <= r["mean"] <= 1 and r["seeds"] == 2 for r in similarity["rows"])
+    roles = {"random-init": "floor", "natural": "floor", "teacher-reseeded": "ceiling"}
+    assert {(r["student"], r["map"], r["role"]) for r in similarity["rows"]} == {
+        (m, k, roles.get(m, "student")) for m in (*figures.SALIENCY_METHODS, *roles) for k in ("gradcam", "smoothgrad")}
+    assert all(-1 <= r["mean"] <= 1 and r["seeds"] == (1 if r["role"] == "ceiling" else 2) for r in similarity["rows"])
+    assert [(d["minus"], d["seeds"]) for d in similarity["differences"] if d["map"] == "gradcam"] == [
+        ("ard", 2), ("iad", 2), ("sat", 2)]
+    assert "| RSLAD − ARD | Grad-CAM |" in (out / "figure2_similarity.md").read_text()
     soft = json.loads((out / "figure3_soft_labels.json").read_text())
-    assert soft["classes"] == ["3", "8"] and set(soft["stats"]) == {"RSL", "NSL", "SSL"}
+    assert soft["classes"] == ["3", "8"] and set(soft["stats"]) == set(soft["stats_train_views"]) == {"RSL", "NSL", "SSL"}
+    assert soft["images"]["train"].startswith("the first 360 training images, one augmented view each")
 
 
 def test_figures_on_an_unfinished_folder_names_the_command_to_run(tmp_path, capsys):

@@ -227,3 +227,23 @@ def test_the_presets_note_opens_the_summary(tmp_path):
     assert plan.plan.note in summary
     assert summary.index(plan.plan.note) < summary.index("## Students ranked")
     assert not reproduce.build_plan("smoke", out=tmp_path).plan.note
+
+
+def test_the_summary_lists_each_masking_check_and_where_it_fired(tmp_path):
+    plan = reproduce.build_plan("smoke", tmp_path)
+    honest = {"clean": 90.0, "fgsm": 50.0, "pgd_sat": 40.0, "pgd_trades": 41.0, "cw": 39.0, "pgd_large_eps": 0.0}
+    evals = {"teacher": {"best": honest, "provenance": {"n": 100}},
+             "cnn-w4-sat-s0": {"best": honest | {"pgd_large_eps": 80.0}, "last": honest | {"fgsm": 20.0}}}
+    (plan.out / "evals").mkdir(parents=True)
+    for run, entry in evals.items():
+        (plan.out / "evals" / f"{run}.json").write_text(json.dumps(entry))
+    lines = report.masking(plan)
+    assert lines == [
+        "- one-step FGSM more than 1 point below the better PGD: fired on 1 of 3 checkpoint(s)",
+        "  - cnn-w4-sat-s0 (last): one-step FGSM 20.0% vs PGD (pgd_sat 40.0%), flagged more than 1 point below: "
+        "gradient masking suspected",
+        "- above 10% accuracy under PGD at eps 0.5: fired on 1 of 3 checkpoint(s)",
+        "  - cnn-w4-sat-s0 (best): PGD at eps 0.5 leaves 80.0% accuracy, flagged above 10% (any image can become "
+        "mid-grey there): gradient masking suspected"]
+    report.write(plan)
+    assert "\n".join(lines) in (plan.out / "summary.md").read_text()

@@ -3,6 +3,7 @@ map-similarity number's two anchors (a model against itself; against random maps
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rslad_kit import models, saliency, train
 from rslad_kit.config import preset
@@ -56,6 +57,42 @@ def test_gradcam_layer_of_a_big_architecture_has_a_map(arch):
         model(torch.empty(1, 3, 32, 32))
     hook.remove()
     assert len(shapes) == 1 and shapes[0][-1] >= 4 and shapes[0][-2] >= 4
+
+
+@pytest.mark.parametrize("arch", sorted(saliency.GRADCAM_LAYERS))
+def test_the_gradcam_layer_is_the_last_activation_the_global_pooling_reads(arch, monkeypatch):
+    """Every architecture's Grad-CAM layer outputs the very tensor its global pooling reads (the
+    SmallCNNs: that tensor after their 2x2 max-pool), so maps compare the same stage everywhere.
+    CIFAR architectures on the meta device (identity, not values, is checked)."""
+    hooked, pooled, pool = [], [], models._pool_flatten
+    monkeypatch.setattr(models, "_pool_flatten", lambda out: pooled.append(out) or pool(out))
+    cnn = arch.startswith("cnn")
+    with torch.device("cpu" if cnn else "meta"):
+        model = models.build(arch, 10, in_channels=1 if cnn else 3).eval()
+        saliency.target_layer(model, arch).register_forward_hook(lambda m, i, out: hooked.append(out))
+        model(small_input(arch) if cnn else torch.empty(2, 3, 32, 32))
+    assert len(hooked) == 1 and len(pooled) == 1
+    if cnn:
+        assert torch.equal(F.max_pool2d(hooked[0], 2), pooled[0]) and hooked[0].min() >= 0   # after its ReLU
+    else:
+        assert hooked[0] is pooled[0]
+
+
+def test_gradcam_raises_when_the_library_returns_fewer_maps(monkeypatch):
+    from pytorch_grad_cam import GradCAM
+
+    real, calls = GradCAM.__call__, []
+
+    def fails_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise IndexError("list index out of range")   # which the library's __exit__ swallows
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GradCAM, "__call__", fails_on_the_second_batch)
+    model = models.build("cnn-w4", 10, in_channels=1)
+    with pytest.raises(RuntimeError, match="returned 1 maps for 2 images of cnn-w4"):
+        saliency.gradcam(model, "cnn-w4", small_input("cnn-w4"), torch.tensor([1, 2]), batch_size=1)
 
 
 def test_the_classroom_layer_sees_at_least_4x4_on_8x8_digits():
@@ -136,3 +173,13 @@ def test_soft_label_sets_are_the_same_in_batches():
     batched = train.soft_label_sets(robust, natural, x, y, preset("smoke"), 10, batch_size=5)
     assert all(torch.allclose(whole[k], batched[k], atol=1e-6) for k in ("RSL", "NSL", "SSL"))
     assert whole["RSL"].shape == (37, 10) and torch.allclose(whole["NSL"].sum(1), torch.ones(37))
+
+
+def test_paired_differences_pair_the_seeds_and_find_a_consistent_lead_only():
+    def row(student, means):
+        return {"student": student, "map": "gradcam", "per_seed": [{"mean": m} for m in means]}
+
+    rows = [row("rslad", [0.50, 0.42, 0.61]), row("ard", [0.40, 0.33, 0.50]), row("sat", [0.61, 0.40, 0.50])]
+    lead, tie = saliency.paired_differences(rows, "rslad", ("ard", "sat"))
+    assert lead["minus"] == "ard" and lead["seeds"] == 3 and lead["low"] > 0   # +0.10 on every seed
+    assert tie["minus"] == "sat" and abs(tie["mean"]) < 0.01 and tie["low"] < 0 < tie["high"]
