@@ -63,7 +63,9 @@ class TrainConfig:
     data_root: str = "data"
     model_dir: str = "models"          # RobustBench's zoo layout: {model_dir}/{dataset}/Linf/{name}.pt
     val_size: int | None = None        # None: the dataset's default (1,000 for CIFAR)
-    image_size: int | None = None      # None: native (digits can be upsampled)
+    image_size: int | None = None      # None: native (digits can be upsampled, fashion downsampled to 14)
+    train_size: int | None = None      # None: every training image left after validation; n: a fixed
+                                       # random n of them (the same whatever the seed), for CPU budgets
     augment: bool = True               # random crop + flip (CIFAR); small shifts (digits)
 
     # --- system

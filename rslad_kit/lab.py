@@ -52,10 +52,10 @@ QUICK_STUDY: dict[str, dict[str, Any]] = {"classroom": dict(seeds=1, epochs=15, 
 # --- one parameters cell, both scales ------------------------------------------------------------
 
 @functools.lru_cache(maxsize=2)
-def _dataset(name: str, root: str, val_size: int | None, image_size: int | None,
+def _dataset(name: str, root: str, val_size: int | None, image_size: int | None, train_size: int | None,
              device: torch.device) -> data.Dataset:
     """Loaded, and moved to `device`, once per kernel."""
-    ds = data.load(name, root, val_size=val_size, image_size=image_size)
+    ds = data.load(name, root, val_size=val_size, image_size=image_size, train_size=train_size)
     return replace(ds, train=ds.train.to(device), val=ds.val.to(device), test=ds.test.to(device))
 
 
@@ -102,7 +102,7 @@ class Lab:
     def dataset(self) -> data.Dataset:
         """This scale's dataset, its splits on `device` (so evaluations and maps run there too)."""
         cfg = self.config("sat")
-        return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, self.device)
+        return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size, self.device)
 
     def teacher_config(self, kind: str = "teacher") -> config.TrainConfig | str:
         """The recipe of this scale's robust teacher ("teacher") or natural one ("teacher-natural")."""

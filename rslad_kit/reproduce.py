@@ -139,8 +139,9 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
 # --- execution -------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=2)
-def _dataset(name: str, root: str, val_size: int | None, image_size: int | None) -> data_lib.Dataset:
-    return data_lib.load(name, root, val_size=val_size, image_size=image_size)
+def _dataset(name: str, root: str, val_size: int | None, image_size: int | None,
+             train_size: int | None) -> data_lib.Dataset:
+    return data_lib.load(name, root, val_size=val_size, image_size=image_size, train_size=train_size)
 
 
 def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
@@ -188,7 +189,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
                 _check_unchanged(recorded, train.teacher_path(task.cfg, out), out / "last.pt")
             return
         cfg = task.cfg
-        ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+        ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
         train.train(cfg, out, resume=(out / "last.pt").is_file(), dataset=ds, progress=progress, position=position)
         return
 
@@ -200,7 +201,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
     if all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items()):
         return
     cfg = plan.runs.get(run) or plan.base
-    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
     test = ds.test.to(device)
     surrogate = None
     if any(a.startswith("transfer") for attacks in task.checkpoints.values() for a in attacks):
@@ -412,7 +413,7 @@ def check_results_folder(plan: Plan, allow_mixed: bool = False) -> None:
     """Record what the folder's results are computed on (plan.json), and refuse to add results for
     another preset, dataset, eps or data (a changed --data-root, an edited CIFAR copy) to them."""
     cfg = plan.base
-    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
     now = {"preset": plan.preset, "dataset": plan.dataset, "eps": plan.eps,
            "data_sha256": runs.data_checksum(ds.train, ds.val, ds.test)}
     path = plan.out / "plan.json"
@@ -429,7 +430,8 @@ def check_results_folder(plan: Plan, allow_mixed: bool = False) -> None:
 
 def estimate_seconds(plan: Plan, workers: int) -> str:
     """A rough estimate from one timed forward-backward pass of each architecture on this machine."""
-    ds = _dataset(plan.base.dataset, plan.base.data_root, plan.base.val_size, plan.base.image_size)
+    ds = _dataset(plan.base.dataset, plan.base.data_root, plan.base.val_size, plan.base.image_size,
+                  plan.base.train_size)
     per_pass: dict[tuple[str, int], float] = {}
     core_seconds = 0.0
     for cfg in plan.runs.values():
