@@ -8,9 +8,11 @@ cells, the seeds, the splits and the order of the phases were written down befor
   training set, which the 3,000 training images (the first 3,000) never include. The chosen cell is
   confirmed once on the first 1,000 official test images, with seeds 300-305, which neither this
   study (100-102) nor `reproduce` (0, 1, 2) uses.
-* Phases, in this order: teachers; exploration of the cells on the choice split; the controls on the
-  chosen cell; the confirmation. Whatever has not finished when the study is stopped is reported as
-  not run.
+* Phases, in this order: teachers; exploration of the first cell (w4) on the choice split, which is
+  then the chosen cell (the budget pays for one cell before the confirmation); the controls and the
+  confirmation, the controls first if RSLAD trails SAT or TRADES under PGD_TRADES on the choice split;
+  then the other cells, as exploration. Whatever has not finished when the study is stopped is reported
+  as not run.
 * Every run is a kit `train` run under --out/runs/<name>, every evaluation a JSON file under
   --out/evals, so an interrupted study resumes where it stopped. One process, one thread.
 
@@ -165,11 +167,6 @@ def meets_rule(rows: dict[str, dict[int, dict]]) -> bool:
                for p in (differences(rows, o, a) for o in ("sat", "trades") for a in ("pgd_trades", "autoattack")))
 
 
-def margin(rows: dict[str, dict[int, dict]]) -> float:
-    """How far a cell is from the rule: the smallest of its four mean differences."""
-    return min(differences(rows, o, a).mean for o in ("sat", "trades") for a in ("pgd_trades", "autoattack"))
-
-
 def cached(cell: str, arms: tuple[str, ...], seeds: tuple[int, ...], split_name: str, out: Path
            ) -> dict[str, dict[int, dict]]:
     found: dict[str, dict[int, dict]] = {}
@@ -181,17 +178,6 @@ def cached(cell: str, arms: tuple[str, ...], seeds: tuple[int, ...], split_name:
     return found
 
 
-def choose(out: Path) -> str | None:
-    """The chosen cell: the first meeting the rule on the choice split, else the one closest to it."""
-    explored = {c: cached(c, COMPARED, STUDY_SEEDS, "choice", out) for c in CELLS}
-    complete = {c: r for c, r in explored.items()
-                if all(len(r.get(m, {})) == len(STUDY_SEEDS) for m in COMPARED)}
-    if not complete:
-        return None
-    passing = [c for c, r in complete.items() if meets_rule(r)]
-    return passing[0] if passing else max(complete, key=lambda c: margin(complete[c]))
-
-
 # --- the study --------------------------------------------------------------------------------------
 
 def study(out: Path, root: str, cells: list[str]) -> None:
@@ -201,27 +187,36 @@ def study(out: Path, root: str, cells: list[str]) -> None:
     for name, recipe in TEACHERS.items():                                   # phase 1: teachers
         seconds = train_run(name, cfg_of(name, recipe, 0, out), ds, out)
         evaluated(name, "choice", choice, out, seconds)
-    for cell in cells:                                                      # phase 2: exploration
+    chosen, later = cells[0], cells[1:]   # the budget pays for one cell before the confirmation
+    for seed in STUDY_SEEDS:                                                # phase 2: exploration
+        for arm in COMPARED:
+            run_arm(chosen, arm, seed, "choice", choice, ds, out)
+    print(f"[{time.strftime('%H:%M:%S')}] chosen cell: {chosen}", flush=True)
+
+    def controls() -> None:                                                 # phase 3: controls
+        smoothing, entropy = matched_smoothing(out / "runs" / "T", ds)
+        runs.write_text(out / "smoothing.json", json.dumps({"smoothing": smoothing, "teacher_entropy": entropy}))
+        for seed in STUDY_SEEDS:
+            for arm in CONTROLS:
+                run_arm(chosen, arm, seed, "choice", choice, ds, out,
+                        extra={"smoothing": smoothing} if arm == "rslad-ls" else None)
+        if any(r["clean"] < COLLAPSE for r in cached(chosen, ("sat",), STUDY_SEEDS, "choice", out)["sat"].values()):
+            for seed in STUDY_SEEDS:
+                run_arm(chosen, "sat-fair", seed, "choice", choice, ds, out)
+
+    def confirmation() -> None:                                             # phase 4: confirmation
+        for seed in CONFIRM_SEEDS:
+            for arm in COMPARED:
+                run_arm(chosen, arm, seed, "test", test, ds, out)
+
+    explored = cached(chosen, COMPARED, STUDY_SEEDS, "choice", out)
+    trails = any(differences(explored, other, "pgd_trades").mean < 0 for other in ("sat", "trades"))
+    for phase in ((controls, confirmation) if trails else (confirmation, controls)):
+        phase()
+    for cell in later:                                                      # phase 5: more cells, exploration
         for seed in STUDY_SEEDS:
             for arm in COMPARED:
                 run_arm(cell, arm, seed, "choice", choice, ds, out)
-        if choose(out) and meets_rule(cached(choose(out), COMPARED, STUDY_SEEDS, "choice", out)):
-            break   # a cell meets the rule: the rest are not needed to choose
-    chosen = choose(out)
-    print(f"[{time.strftime('%H:%M:%S')}] chosen cell: {chosen}", flush=True)
-    smoothing, entropy = matched_smoothing(out / "runs" / "T", ds)
-    runs.write_text(out / "smoothing.json", json.dumps({"smoothing": smoothing, "teacher_entropy": entropy}))
-    for seed in STUDY_SEEDS:                                                # phase 3: controls
-        for arm in CONTROLS:
-            run_arm(chosen, arm, seed, "choice", choice, ds, out,
-                    extra={"smoothing": smoothing} if arm == "rslad-ls" else None)
-    sat = cached(chosen, ("sat",), STUDY_SEEDS, "choice", out)["sat"]
-    if any(r["clean"] < COLLAPSE for r in sat.values()):
-        for seed in STUDY_SEEDS:
-            run_arm(chosen, "sat-fair", seed, "choice", choice, ds, out)
-    for seed in CONFIRM_SEEDS:                                              # phase 4: confirmation
-        for arm in COMPARED:
-            run_arm(chosen, arm, seed, "test", test, ds, out)
 
 
 # --- the report -------------------------------------------------------------------------------------
@@ -264,9 +259,9 @@ def report(out: Path) -> str:
                         diffs.append(str(p).replace(" over", " /").replace(" seeds", ""))
                 lines.append(f"| {split_name} | {cell} | {arm} | {len(by_seed)} | {ms('clean')} | {ms('pgd_trades')} "
                              f"| {ms('autoattack')} | {ms('last_pgd_trades')} | " + " | ".join(diffs) + " |")
-    chosen = choose(out)
+    chosen = next(iter(CELLS))
     verdict = "no cell explored yet"
-    if chosen:
+    if cached(chosen, COMPARED, STUDY_SEEDS, "choice", out):
         confirm = cached(chosen, COMPARED, CONFIRM_SEEDS, "test", out)
         done = min((len(confirm.get(m, {})) for m in COMPARED), default=0)
         held = meets_rule(confirm) if done == len(CONFIRM_SEEDS) else None
