@@ -113,9 +113,11 @@ class Lab:
         return config.override(self.config(recipe["method"]), **recipe)
 
     def teacher(self, kind: str = "teacher") -> nn.Module:
-        """This scale's teacher, frozen and in eval mode: trained once into runs/<scale>/<kind>, or a
-        RobustBench file."""
+        """This scale's teacher, frozen and in eval mode: trained once into runs/<scale>/<kind>, a file
+        shipped with the kit, or a RobustBench file."""
         spec = self.teacher_config(kind)
+        if isinstance(spec, str) and spec.startswith("shipped:"):
+            return train.load_model(models.shipped_file(spec.partition(":")[2])).to(self.device).requires_grad_(False)
         if isinstance(spec, str):
             return models.load_teacher(spec, self.config("sat").dataset, self.model_dir).to(self.device)
         return self.train(spec, kind).requires_grad_(False)
@@ -124,6 +126,8 @@ class Lab:
         """The registry architecture of this scale's "teacher" / "teacher-natural", or of a method's
         run (Grad-CAM's target layer depends on it)."""
         spec = self.teacher_config(run) if run in ("teacher", "teacher-natural") else self.config(run)
+        if isinstance(spec, str) and spec.startswith("shipped:"):
+            return models.shipped_record(spec.partition(":")[2])["config"]["model"]
         if isinstance(spec, str):   # a RobustBench teacher: the architecture of its class
             entry = models.ZOO[(self.config("sat").dataset, spec.removeprefix("robustbench:"))]
             return saliency.ZOO_ARCHS[entry.arch]

@@ -282,13 +282,16 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
 
 
 def teacher_path(cfg: TrainConfig, out: Path) -> Path:
-    """The file `cfg.teacher` names: RobustBench's zoo layout, a checkpoint, or a run folder's best.pt.
+    """The file `cfg.teacher` names: RobustBench's zoo layout, a shipped teacher (checked by SHA-256),
+    a checkpoint, or a run folder's best.pt.
 
     A bare run name is also looked up beside `out` (runs/teacher for --out runs/student).
     """
     spec = cfg.teacher
     if spec.startswith("robustbench:"):
         return models.zoo_path(cfg.dataset, spec.partition(":")[2], cfg.model_dir)
+    if spec.startswith("shipped:"):
+        return models.shipped_file(spec.partition(":")[2])
     path = Path(spec)
     if not path.exists() and (out.parent / spec).exists():
         path = out.parent / spec
@@ -296,7 +299,8 @@ def teacher_path(cfg: TrainConfig, out: Path) -> Path:
 
 
 def load_teacher(cfg: TrainConfig, ds: data_lib.Dataset, out: Path) -> nn.Module:
-    """The frozen teacher named by `cfg.teacher`: robustbench:<name>, a checkpoint, or a run folder."""
+    """The frozen teacher named by `cfg.teacher`: robustbench:<name>, shipped:<name>, a checkpoint, or a
+    run folder."""
     if cfg.teacher.startswith("robustbench:"):
         teacher = models.load_teacher(cfg.teacher, cfg.dataset, cfg.model_dir)
     else:
