@@ -123,7 +123,16 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
     reproduce.run(args.preset, out=args.out, dry_run=args.dry_run, seeds=args.seeds, full=args.full,
                   data_root=args.data_root, device=args.device, allow_mixed=args.allow_mixed,
-                  workers_per_gpu=args.workers_per_gpu)
+                  workers_per_gpu=args.workers_per_gpu, retrain_teachers=args.retrain_teachers)
+
+
+def cmd_teacher(args: argparse.Namespace) -> None:
+    from rslad_kit import reproduce
+
+    file, same = reproduce.retrain_teacher(args.name, args.out, ship=args.ship, data_root=args.data_root)
+    verdict = {True: "bit for bit the shipped file", False: "NOT the shipped file (its SHA-256 differs)",
+               None: "no shipped file to compare with"}[same]
+    print(f"{file}: {verdict}" + ("; shipped into rslad_kit/teachers/" if args.ship else ""))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -194,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="the run folder (best.pt, last.pt, metrics.jsonl)")
     tr.add_argument("--epochs", type=int, help="default: the preset's")
     tr.add_argument("--seed", type=int, help="initialisation and data order (default: the preset's)")
-    tr.add_argument("--teacher", help="checkpoint, robustbench:<name>, or a run folder / run name")
+    tr.add_argument("--teacher", help="checkpoint, robustbench:<name>, shipped:<name>, or a run folder / run name")
     tr.add_argument("--teacher-model", help="architecture of a bare teacher state dict")
     tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     tr.add_argument("--data-root", help="where CIFAR is (or is downloaded to)")
@@ -216,7 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add to a results folder built on other data or at another eps (refused otherwise)")
     rp.add_argument("--workers-per-gpu", type=int, metavar="N",
                     help="N runs at once on every GPU, each its own process (README: several runs per GPU)")
+    rp.add_argument("--retrain-teachers", action="store_true",
+                    help="train a shipped teacher by its recipe instead of reading rslad_kit/teachers/")
     rp.set_defaults(func=cmd_reproduce)
+
+    te = sub.add_parser("teacher", help="retrain a shipped teacher by its recipe and compare it, bit for bit, "
+                                        "with the shipped file")
+    te.add_argument("name", help="a key of config.SHIPPED_TEACHERS, e.g. fashion14-trades-w16")
+    te.add_argument("--out", default="results/teachers", help="the run goes in OUT/<name> (default: results/teachers)")
+    te.add_argument("--data-root", default="data", help="where the dataset is (or is downloaded to); default: data")
+    te.add_argument("--ship", action="store_true", help="also copy it, with its record, into rslad_kit/teachers/")
+    te.set_defaults(func=cmd_teacher)
 
     sw = sub.add_parser("sweep", help="run a reproduce plan's or a teacher ladder's tasks as submitit jobs "
                                       "(local or Slurm)")

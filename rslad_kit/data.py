@@ -1,10 +1,12 @@
 """Datasets as tensors, and a loader that batches and augments them on one device.
 
 Every split is held as `x` (N, C, H, W) float32 in [0, 1] and `y` (N,) int64; models normalise
-inside, so nothing here does. Three datasets, picked by name with `load()`:
+inside, so nothing here does. Four datasets, picked by name with `load()`:
 
 * `digits`: scikit-learn's 8x8 handwritten digits, shipped with scikit-learn, so the classroom
   default runs offline in seconds;
+* `fashion`: Fashion-MNIST (28x28 grayscale garments), read in torchvision's on-disk format from
+  `root`, else from Debian's `dataset-fashion-mnist` package, else downloaded;
 * `cifar10` / `cifar100`: read from torchvision's on-disk format under `root`, downloaded if absent.
 
 The validation split always comes out of the training set (checkpoint selection must never see the
@@ -13,11 +15,15 @@ test set), with a fixed seed that does not depend on the training seed.
 
 from __future__ import annotations
 
+import gzip
 import math
 import pickle
+import shutil
+import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +37,7 @@ from rslad_kit.errors import UserError
 if TYPE_CHECKING:  # torchvision takes seconds to import and only CIFAR needs it, so it is imported there
     from torchvision.datasets import CIFAR10
 
-__all__ = ["DATASETS", "Dataset", "Split", "TensorLoader", "augment", "load"]
+__all__ = ["DATASETS", "Dataset", "Split", "TensorLoader", "augment", "load", "read_idx"]
 
 VAL_SEED = 0  # fixed, so the validation split is the same whatever seed trains the model
 
@@ -139,6 +145,119 @@ def _digits(root: Path, *, val_size: int | None, image_size: int | None, downloa
         test=split(test),
         crop_padding=max(1, image_size // 8),  # 1/8 of the image (1 px at 8x8); more crops strokes away
         flip=False,  # a mirrored 2 or 7 is no longer a 2 or 7
+    )
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # `apt-get install dataset-fashion-mnist`
+FASHION_FOLDER = "FashionMNIST/raw"  # torchvision's layout under `root`
+FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                   "Bag", "Ankle boot")
+_FASHION_FIX = ("install Debian's package (apt-get install dataset-fashion-mnist), or pass --data-root "
+                "to a writable folder with network access so torchvision downloads it there")
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte idx file (LeCun's MNIST format, plain or .gz) with `ndim` dimensions.
+
+    A missing, truncated or foreign file raises a one-line UserError naming it.
+    """
+    how = "delete it and install or download Fashion-MNIST again"
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError; a cut-off .gz is an EOFError
+        raise UserError(f"{path}: cannot read ({type(e).__name__}: {e}); {how}") from e
+    # The magic number: two zero bytes, 0x08 (unsigned byte), then the number of dimensions.
+    if raw[:3] != b"\0\0\x08" or len(raw) < 4 or raw[3] != ndim:
+        raise UserError(f"{path} is not an idx file of {ndim}-d unsigned bytes (magic {raw[:4].hex() or 'none'}, "
+                        f"expected 0000080{ndim}); {how}")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    body = 4 + 4 * ndim
+    if len(raw) != body + math.prod(shape):
+        raise UserError(f"{path} is truncated or padded: its header says {shape} ({math.prod(shape)} bytes) but it "
+                        f"holds {len(raw) - body}; {how}")
+    return np.frombuffer(raw, np.uint8, offset=body).reshape(shape)
+
+
+def _fashion_file(folder: Path, name: str) -> Path | None:
+    """`name` in `folder`, plain (as torchvision extracts it) or gzipped (as Debian ships it)."""
+    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+
+
+def _fashion_folder(root: Path, download: bool) -> Path:
+    """Where the four idx files are: `root/FashionMNIST/raw`, then Debian's folder, then a download."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data root {root} is a file, not a folder; pass --data-root a folder")
+    names = [n for pair in FASHION_FILES.values() for n in pair]
+    ours = root / FASHION_FOLDER
+    if ours.is_dir():   # the user's own copy: a broken one is an error, never silently replaced
+        missing = [n for n in names if _fashion_file(ours, n) is None]
+        if missing:
+            raise UserError(f"{ours} lacks {', '.join(missing)}; delete the folder and {_FASHION_FIX}")
+        return ours
+    if all(_fashion_file(FASHION_DEBIAN, n) for n in names):
+        return FASHION_DEBIAN
+    where = f"no copy in {ours} or {FASHION_DEBIAN}"
+    if not download:
+        raise UserError(f"Fashion-MNIST not found ({where}); {_FASHION_FIX}")
+    from torchvision.datasets import FashionMNIST
+
+    # Download into a temporary folder under `root` and move it into place only when complete, so a
+    # failed download leaves nothing behind (not even `root`, if it made it).
+    made_root = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".fashion-download-"))
+    try:
+        FashionMNIST(tmp, train=False, download=True)   # fetches all four files; parses only the test set
+        ours.parent.mkdir(parents=True, exist_ok=True)
+        (tmp / FASHION_FOLDER).rename(ours)
+    except (OSError, RuntimeError) as e:   # URLError is an OSError
+        if made_root:
+            shutil.rmtree(root, ignore_errors=True)
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise UserError(f"Fashion-MNIST not found ({where}) and the download failed ({reason}); "
+                        f"{_FASHION_FIX}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ours
+
+
+def _fashion(root: Path, *, val_size: int | None, image_size: int | None, download: bool) -> Dataset:
+    """Fashion-MNIST: 60,000 training and 10,000 test images, 28x28; `image_size` 14 area-downsamples."""
+    if image_size not in (None, 28, 14):
+        raise UserError(f"image_size={image_size} for fashion; pass None or 28 (native), or 14 (2x2 averages)")
+    folder = _fashion_folder(root, download)
+
+    def split(which: str) -> tuple[Tensor, Tensor]:
+        images, labels = FASHION_FILES[which]
+        x = read_idx(_fashion_file(folder, images), ndim=3)
+        y = read_idx(_fashion_file(folder, labels), ndim=1)
+        if len(x) != len(y) or y.max(initial=0) >= len(FASHION_CLASSES):
+            raise UserError(f"{folder}: {which} has {len(x)} images but {len(y)} labels (largest {y.max(initial=0)}); "
+                            f"delete the damaged files and {_FASHION_FIX}")
+        x = torch.from_numpy(x.copy()).unsqueeze(1).float().div_(255)
+        if image_size == 14:
+            x = F.avg_pool2d(x, 2)   # area downsampling: each pixel the mean of a 2x2 block
+        return x, torch.from_numpy(y.astype(np.int64))
+
+    (x, y), (x_test, y_test) = split("train"), split("test")
+    val_size = 1000 if val_size is None else val_size
+    _check_val_size(val_size, len(y))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(VAL_SEED))
+    val, train = perm[:val_size], perm[val_size:]   # train stays shuffled: its first n are a random subset
+    return Dataset(
+        name="fashion",
+        num_classes=len(FASHION_CLASSES),
+        classes=FASHION_CLASSES,
+        train=Split(x[train], y[train]),
+        val=Split(x[val], y[val]),
+        test=Split(x_test, y_test),
+        crop_padding=x.shape[-1] // 14,   # 2 px at 28x28, 1 at 14x14: a garment keeps its outline
+        flip=True,   # a mirrored shirt is still a shirt
     )
 
 
@@ -256,6 +375,7 @@ def _check_val_size(val_size: int, n_train: int, min_val: int = 1) -> None:
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": _digits,
+    "fashion": _fashion,
     "cifar10": _cifar10,
     "cifar100": _cifar100,
 }
@@ -272,17 +392,26 @@ def load(
     *,
     val_size: int | None = None,
     image_size: int | None = None,
+    train_size: int | None = None,
     download: bool = True,
 ) -> Dataset:
-    """Load dataset `name` ("digits", "cifar10" or "cifar100") as tensors on the CPU.
+    """Load dataset `name` ("digits", "fashion", "cifar10" or "cifar100") as tensors on the CPU.
 
-    `val_size` examples are held out of the training set (default 180 for digits, 1000 for CIFAR).
-    `image_size` upsamples digits (default 8, native); CIFAR accepts only None or 32. CIFAR is read
-    from `root` and downloaded there if absent and `download` is true.
+    `val_size` examples are held out of the training set (default 180 for digits, 1000 otherwise);
+    `train_size` keeps the first n of the rest (a fixed random subset; None: all of them).
+    `image_size` upsamples digits (default 8, native), downsamples Fashion-MNIST to 14, and must be
+    None or 32 for CIFAR. Fashion-MNIST and CIFAR are read from `root` and downloaded there if absent
+    and `download` is true (Fashion-MNIST is first looked for in Debian's package).
     """
     check_name(name)
     root = Path(root).expanduser()
-    return DATASETS[name](root, val_size=val_size, image_size=image_size, download=download)
+    ds = DATASETS[name](root, val_size=val_size, image_size=image_size, download=download)
+    if train_size is None:
+        return ds
+    if not 1 <= train_size <= len(ds.train):
+        raise UserError(f"train_size={train_size} but {name} has {len(ds.train)} training images after "
+                        f"validation; pass a value from 1 to {len(ds.train)}, or None for all")
+    return replace(ds, train=ds.train.take(train_size))
 
 
 # ---------------------------------------------------------------- augmentation and loader

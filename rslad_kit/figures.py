@@ -414,7 +414,8 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
                         f"`rslad-kit reproduce --preset {plan.preset} --out {folder.parent}` first")
 
     device = train.resolve_device(plan.base.device)
-    ds = data.load(plan.dataset, plan.base.data_root, val_size=plan.base.val_size, image_size=plan.base.image_size)
+    ds = data.load(plan.dataset, plan.base.data_root, val_size=plan.base.val_size, image_size=plan.base.image_size,
+                   train_size=plan.base.train_size)
     test = ds.test.to(device)
     teacher = reproduce.load_for_eval(plan, "teacher", "best", device)
     written: list[Path] = []

@@ -60,10 +60,10 @@ QUICK_STUDY: dict[str, dict[str, Any]] = {"classroom": dict(seeds=1, epochs=15, 
 # --- one parameters cell, both scales ------------------------------------------------------------
 
 @functools.lru_cache(maxsize=2)
-def _dataset(name: str, root: str, val_size: int | None, image_size: int | None,
+def _dataset(name: str, root: str, val_size: int | None, image_size: int | None, train_size: int | None,
              device: torch.device) -> data.Dataset:
     """Loaded, and moved to `device`, once per kernel."""
-    ds = data.load(name, root, val_size=val_size, image_size=image_size)
+    ds = data.load(name, root, val_size=val_size, image_size=image_size, train_size=train_size)
     return replace(ds, train=ds.train.to(device), val=ds.val.to(device), test=ds.test.to(device))
 
 
@@ -110,7 +110,7 @@ class Lab:
     def dataset(self) -> data.Dataset:
         """This scale's dataset, its splits on `device` (so evaluations and maps run there too)."""
         cfg = self.config("sat")
-        return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, self.device)
+        return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size, self.device)
 
     def teacher_config(self, kind: str = "teacher") -> config.TrainConfig | str:
         """The recipe of this scale's robust teacher ("teacher") or natural one ("teacher-natural")."""
@@ -121,9 +121,11 @@ class Lab:
         return config.override(self.config(recipe["method"]), **recipe)
 
     def teacher(self, kind: str = "teacher") -> nn.Module:
-        """This scale's teacher, frozen and in eval mode: trained once into runs/<scale>/<kind>, or a
-        RobustBench file."""
+        """This scale's teacher, frozen and in eval mode: trained once into runs/<scale>/<kind>, a file
+        shipped with the kit, or a RobustBench file."""
         spec = self.teacher_config(kind)
+        if isinstance(spec, str) and spec.startswith("shipped:"):
+            return train.load_model(models.shipped_file(spec.partition(":")[2])).to(self.device).requires_grad_(False)
         if isinstance(spec, str):
             return models.load_teacher(spec, self.config("sat").dataset, self.model_dir).to(self.device)
         return self.train(spec, kind).requires_grad_(False)
@@ -132,6 +134,8 @@ class Lab:
         """The registry architecture of this scale's "teacher" / "teacher-natural", or of a method's
         run (Grad-CAM's target layer depends on it)."""
         spec = self.teacher_config(run) if run in ("teacher", "teacher-natural") else self.config(run)
+        if isinstance(spec, str) and spec.startswith("shipped:"):
+            return models.shipped_record(spec.partition(":")[2])["config"]["model"]
         if isinstance(spec, str):   # a RobustBench teacher: the architecture of its class
             entry = models.ZOO[(self.config("sat").dataset, spec.removeprefix("robustbench:"))]
             return saliency.ZOO_ARCHS[entry.arch]

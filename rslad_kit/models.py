@@ -1,4 +1,4 @@
-"""Architectures, the model registry, checkpoint loading and RobustBench teachers.
+"""Architectures, the model registry, checkpoint loading, RobustBench teachers and the kit's shipped teachers.
 
 Conventions (the whole kit relies on them):
 
@@ -24,8 +24,14 @@ and needs setuptools<81). Instead the kit's own architectures read RobustBench's
 The CIFAR-100 Gowal et al. WRN-70-16 normalises with CIFAR-100 statistics, as DeepMind's eval script and
 RobustBench do. The official RSLAD script built it with CIFAR-10 statistics; pass
 `load_teacher(..., rslad_official_stats=True)` to reproduce that.
+
+Shipped teachers (`shipped_file`): teachers that cost more than a live demo can pay are trained once by
+`rslad-kit teacher NAME` (bit for bit on a CPU) and committed under `rslad_kit/teachers/` as
+`NAME.pt`, with `NAME.json` beside it (SHA-256, config, command, provenance). A run names one as
+`teacher="shipped:NAME"`; the file is checked against its SHA-256 every time it is read.
 """
 
+import json
 import os
 import pickle
 import re
@@ -40,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rslad_kit import runs
 from rslad_kit.errors import UserError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -616,3 +623,30 @@ def load_teacher(spec: str, dataset: str, model_dir: str | os.PathLike = "models
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+# ---------------------------------------------------------------- teachers shipped with the kit
+
+SHIPPED = Path(__file__).parent / "teachers"   # NAME.pt and NAME.json (SHA-256, config, provenance)
+
+
+def shipped_record(name: str) -> dict:
+    """What `rslad_kit/teachers/NAME.json` records about shipped teacher `name`."""
+    path = SHIPPED / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.json"))) or "none"
+        raise UserError(f"no shipped teacher {name!r}; known: {known}")
+    return json.loads(path.read_text())
+
+
+def shipped_file(name: str) -> Path:
+    """The file of shipped teacher `name`, after checking its SHA-256 against the record beside it."""
+    record, path = shipped_record(name), SHIPPED / f"{name}.pt"
+    how = f"restore it (git checkout -- {path}) or retrain it ({record['command']} --ship)"
+    if not path.is_file():
+        raise UserError(f"shipped teacher file {path} is missing; {how}")
+    digest = runs.sha256(path)
+    if digest != record["sha256"]:
+        raise UserError(f"shipped teacher file {path} has SHA-256 {digest[:12]}... but {name}.json records "
+                        f"{record['sha256'][:12]}...; {how}")
+    return path

@@ -20,6 +20,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import time
@@ -38,7 +39,7 @@ from rslad_kit import data as data_lib
 from rslad_kit import evaluate as evaluate_lib
 from rslad_kit import gpu, models, runs, train
 from rslad_kit import report
-from rslad_kit.config import PRESETS, TrainConfig, override, preset, to_dict
+from rslad_kit.config import PRESETS, SHIPPED_TEACHERS, TrainConfig, override, preset, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS
 from rslad_kit.plan import (ABLATIONS, BLACK_BOX, CHECKS, PAPER_METHODS, SLOW_ATTACKS, SOFT_LABEL_ATTACKS,
@@ -60,11 +61,12 @@ def _student_cfg(p: str, row: str, student: str, seed: int, teacher: str) -> Tra
 
 def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
                tables: tuple[int, ...] | None = None, methods: tuple[str, ...] | None = None,
-               full: bool = False, **overrides: Any) -> Plan:
+               full: bool = False, retrain_teachers: bool = False, **overrides: Any) -> Plan:
     """The runs and evaluations behind the tables of preset `p`.
 
     `methods` defaults to every entry of METHODS, so a method registered by the user appears in every
     table. `full` lifts the preset's CPU budget (every seed and checkpoint gets every attack).
+    `retrain_teachers` trains a shipped teacher by its recipe instead of reading the shipped file.
     `overrides` apply to every run (e.g. data_root, device).
     """
     if p not in PRESETS or PRESETS[p].plan is None:
@@ -73,6 +75,8 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     pc = PRESETS[p].plan
     if tables:
         pc = replace(pc, tables=tuple(tables))
+    if retrain_teachers and isinstance(pc.teacher, str) and pc.teacher.startswith("shipped:"):
+        pc = replace(pc, teacher=shipped_recipe(pc.teacher.partition(":")[2])[1])
     if full:
         pc = replace(pc, ablation_seeds=None, soft_label_seeds=None, slow_attack_seeds=None,
                      slow_attack_checkpoints=("best", "last"))
@@ -139,13 +143,16 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
 # --- execution -------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=2)
-def _dataset(name: str, root: str, val_size: int | None, image_size: int | None) -> data_lib.Dataset:
-    return data_lib.load(name, root, val_size=val_size, image_size=image_size)
+def _dataset(name: str, root: str, val_size: int | None, image_size: int | None,
+             train_size: int | None) -> data_lib.Dataset:
+    return data_lib.load(name, root, val_size=val_size, image_size=image_size, train_size=train_size)
 
 
 def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
     """A run's checkpoint `ckpt` ("best", "last"), or a zoo teacher from its file, in eval mode."""
-    if run == "teacher" and run not in plan.runs:   # a zoo teacher, read from its file
+    if run == "teacher" and run not in plan.runs:   # a zoo or shipped teacher, read from its file
+        if plan.teacher_spec.startswith("shipped:"):
+            return train.load_model(checkpoint_file(plan, run, ckpt)).to(device)
         return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir).to(device)
     if run in plan.zoo:   # a RobustBench teacher under another run name (the teacher study's ladder)
         return models.load_teacher(plan.zoo[run], plan.dataset, plan.base.model_dir).to(device)
@@ -155,7 +162,7 @@ def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torc
 def checkpoint_file(plan: Plan, run: str, ckpt: str) -> Path:
     """The file behind `load_for_eval(plan, run, ckpt)`."""
     if run == "teacher" and run not in plan.runs:
-        return train.teacher_path(plan.base, plan.out)
+        return train.teacher_path(replace(plan.base, teacher=plan.teacher_spec), plan.out)
     if run in plan.zoo:
         return train.teacher_path(replace(plan.base, teacher=plan.zoo[run]), plan.out)
     return plan.out / "runs" / run / f"{ckpt}.pt"
@@ -188,7 +195,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
                 _check_unchanged(recorded, train.teacher_path(task.cfg, out), out / "last.pt")
             return
         cfg = task.cfg
-        ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+        ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
         train.train(cfg, out, resume=(out / "last.pt").is_file(), dataset=ds, progress=progress, position=position)
         return
 
@@ -200,7 +207,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
     if all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items()):
         return
     cfg = plan.runs.get(run) or plan.base
-    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
     test = ds.test.to(device)
     surrogate = None
     if any(a.startswith("transfer") for attacks in task.checkpoints.values() for a in attacks):
@@ -383,7 +390,7 @@ def describe(plan: Plan) -> str:
 def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = False, seeds: int | None = None,
         workers: int | None = None, progress: bool = True, tables: tuple[int, ...] | None = None,
         full: bool = False, methods: tuple[str, ...] | None = None, allow_mixed: bool = False,
-        workers_per_gpu: int | None = None, **overrides: Any) -> Path:
+        workers_per_gpu: int | None = None, retrain_teachers: bool = False, **overrides: Any) -> Path:
     """Build, run and report the plan of preset `p`; returns the results folder.
 
     One `reproduce` at a time writes a results folder (a second one stops with a line saying so), and
@@ -391,7 +398,8 @@ def run(p: str = "classroom", *, out: str | Path = "results", dry_run: bool = Fa
     `allow_mixed` (see check_results_folder). `workers_per_gpu` runs that many tasks at once on every
     GPU, each in its own process.
     """
-    plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full, **overrides)
+    plan = build_plan(p, out, seeds=seeds, tables=tables, methods=methods, full=full,
+                      retrain_teachers=retrain_teachers, **overrides)
     gpus = 0
     if workers_per_gpu is not None:
         workers, gpus = gpu_workers(plan, workers_per_gpu)
@@ -412,7 +420,7 @@ def check_results_folder(plan: Plan, allow_mixed: bool = False) -> None:
     """Record what the folder's results are computed on (plan.json), and refuse to add results for
     another preset, dataset, eps or data (a changed --data-root, an edited CIFAR copy) to them."""
     cfg = plan.base
-    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size)
+    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
     now = {"preset": plan.preset, "dataset": plan.dataset, "eps": plan.eps,
            "data_sha256": runs.data_checksum(ds.train, ds.val, ds.test)}
     path = plan.out / "plan.json"
@@ -429,7 +437,8 @@ def check_results_folder(plan: Plan, allow_mixed: bool = False) -> None:
 
 def estimate_seconds(plan: Plan, workers: int) -> str:
     """A rough estimate from one timed forward-backward pass of each architecture on this machine."""
-    ds = _dataset(plan.base.dataset, plan.base.data_root, plan.base.val_size, plan.base.image_size)
+    ds = _dataset(plan.base.dataset, plan.base.data_root, plan.base.val_size, plan.base.image_size,
+                  plan.base.train_size)
     per_pass: dict[tuple[str, int], float] = {}
     core_seconds = 0.0
     for cfg in plan.runs.values():
@@ -459,3 +468,57 @@ def _time_pass(model_name: str, ds: data_lib.Dataset, batch_size: int) -> float:
     for _ in range(2):
         model(x).sum().backward()
     return (time.perf_counter() - start) / 2 * batch_size / n
+
+
+# --- teachers shipped with the kit -----------------------------------------------------------------
+
+def shipped_recipe(name: str) -> tuple[str, dict[str, Any]]:
+    """(preset, recipe) of shipped teacher `name` (config.SHIPPED_TEACHERS)."""
+    if name not in SHIPPED_TEACHERS:
+        raise UserError(f"no shipped teacher {name!r}; choose from {', '.join(SHIPPED_TEACHERS)}")
+    return SHIPPED_TEACHERS[name]
+
+
+def teacher_file(name: str, run: Path, dest: Path) -> Path:
+    """Write shipped teacher `name`'s file from its training run: the best checkpoint's weights and the
+    recipe's config, nothing that depends on the machine or the time, so a retrained teacher has the
+    same SHA-256 as the shipped one exactly when its weights are the same bits."""
+    p, recipe = shipped_recipe(name)
+    best = models.read_checkpoint(run / "best.pt")
+    meta = {k: best["meta"][k] for k in ("num_classes", "in_channels", "data_sha256")}
+    runs.save({"model": best["model"], "epoch": best["epoch"],
+               "meta": meta | {"config": to_dict(preset(p, **recipe, seed=0, teacher=None))}}, dest)
+    return dest
+
+
+def retrain_teacher(name: str, out: str | Path = "results/teachers", *, ship: bool = False, progress: bool = True,
+                    data_root: str = "data") -> tuple[Path, bool | None]:
+    """Train shipped teacher `name` by its recipe into `out/name` (resuming), write its file `out/name.pt`,
+    and say whether it is bit for bit the shipped file (None when none is shipped yet). `ship` copies
+    it into rslad_kit/teachers/ with its record (SHA-256, config, command, provenance)."""
+    p, recipe = shipped_recipe(name)
+    cfg = preset(p, **recipe, seed=0, teacher=None, data_root=data_root)
+    run = Path(out) / name
+    train.train(cfg, run, resume=(run / "last.pt").is_file(), progress=progress)
+    file = teacher_file(name, run, Path(out) / f"{name}.pt")
+    digest = runs.sha256(file)
+    shipped = models.SHIPPED / f"{name}.json"
+    same = json.loads(shipped.read_text())["sha256"] == digest if shipped.is_file() else None
+    if ship:
+        ship_teacher(name, run, file)
+    return file, same
+
+
+def ship_teacher(name: str, run: Path, file: Path) -> None:
+    """Copy teacher file `file` (trained in `run`) into rslad_kit/teachers/ with its record."""
+    last = models.read_checkpoint(run / "last.pt")
+    best = models.read_checkpoint(run / "best.pt")
+    keep = ("kit_version", "git_commit", "torch_version", "device", "threads")
+    record = {"name": name, "sha256": runs.sha256(file), "command": f"rslad-kit --threads 1 teacher {name}",
+              "config": models.read_checkpoint(file)["meta"]["config"], "best_epoch": best["epoch"],
+              "validation": {k: v for k, v in best["metrics"].items() if k.startswith("val_")},
+              "train_seconds": round(sum(h["seconds"] for h in last["history"]), 1),
+              "trained_with": {k: v for k, v in last["meta"].items() if k in keep}}
+    models.SHIPPED.mkdir(exist_ok=True)
+    runs.atomic_write(models.SHIPPED / file.name, lambda tmp: shutil.copyfile(file, tmp))
+    runs.write_text(models.SHIPPED / f"{name}.json", json.dumps(record, indent=1) + "\n")

@@ -283,13 +283,16 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
 
 
 def teacher_path(cfg: TrainConfig, out: Path) -> Path:
-    """The file `cfg.teacher` names: RobustBench's zoo layout, a checkpoint, or a run folder's best.pt.
+    """The file `cfg.teacher` names: RobustBench's zoo layout, a shipped teacher (checked by SHA-256),
+    a checkpoint, or a run folder's best.pt.
 
     A bare run name is also looked up beside `out` (runs/teacher for --out runs/student).
     """
     spec = cfg.teacher
     if spec.startswith("robustbench:"):
         return models.zoo_path(cfg.dataset, spec.partition(":")[2], cfg.model_dir)
+    if spec.startswith("shipped:"):
+        return models.shipped_file(spec.partition(":")[2])
     path = Path(spec)
     if not path.exists() and (out.parent / spec).exists():
         path = out.parent / spec
@@ -297,7 +300,8 @@ def teacher_path(cfg: TrainConfig, out: Path) -> Path:
 
 
 def load_teacher(cfg: TrainConfig, ds: data_lib.Dataset, out: Path) -> nn.Module:
-    """The frozen teacher named by `cfg.teacher`: robustbench:<name>, a checkpoint, or a run folder."""
+    """The frozen teacher named by `cfg.teacher`: robustbench:<name>, shipped:<name>, a checkpoint, or a
+    run folder."""
     if cfg.teacher.startswith("robustbench:"):
         teacher = models.load_teacher(cfg.teacher, cfg.dataset, cfg.model_dir)
     else:
@@ -404,7 +408,8 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     if cfg.cuda_graphs != "off" and device.type != "cuda":
         raise UserError(f"cuda_graphs={cfg.cuda_graphs} needs a CUDA device (this run uses {device}); "
                         "drop --set cuda_graphs")
-    ds = dataset or data_lib.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size)
+    ds = dataset or data_lib.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size,
+                                                    image_size=cfg.image_size, train_size=cfg.train_size)
     if cfg.batch_size > len(ds.train):
         raise UserError(f"batch_size={cfg.batch_size} but {cfg.dataset} has {len(ds.train)} training examples; "
                         f"pass a smaller batch size (e.g. --set batch_size={min(128, len(ds.train))})")

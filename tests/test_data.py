@@ -1,5 +1,6 @@
-"""Contracts of rslad_kit.data: splits, ranges, offline CIFAR, augmentation, loader determinism."""
+"""Contracts of rslad_kit.data: splits, ranges, offline CIFAR and Fashion-MNIST, augmentation, loader determinism."""
 
+import gzip
 import pickle
 import warnings
 from collections import Counter
@@ -11,7 +12,9 @@ import pytest
 import torch
 import torchvision.datasets
 import torchvision.datasets.cifar
+import torch.nn.functional as F
 
+from rslad_kit import data
 from rslad_kit.data import DATASETS, Split, TensorLoader, augment, load
 from rslad_kit.errors import UserError
 
@@ -38,7 +41,7 @@ def digits():
 
 
 def test_registry_names():
-    assert set(DATASETS) == {"digits", "cifar10", "cifar100"}
+    assert set(DATASETS) == {"digits", "fashion", "cifar10", "cifar100"}
 
 
 def test_digits_shapes_range_and_sizes(digits):
@@ -233,6 +236,153 @@ def test_absent_folder_download_fails(tmp_path, monkeypatch, name, tarball):
     with raises_user_error("could not download") as info:
         load(name, tmp_path, download=True)
     assert tarball in str(info.value) and str(tmp_path.resolve()) in str(info.value)
+
+
+# ---------------------------------------------------------------- fake Fashion-MNIST in the real idx format
+
+FASHION_N = {"train": 40, "test": 12}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """LeCun's idx format: 0x0000, 0x08 (unsigned byte), the number of dimensions, big-endian sizes, data."""
+    return bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes() + array.astype(np.uint8).tobytes()
+
+
+def write_fake_fashion(folder: Path, *, gz: bool = False, seed: int = 0) -> dict:
+    """Four tiny idx files under `folder`, named as torchvision extracts them (or .gz, as Debian ships)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for part, n in FASHION_N.items():
+        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        y = np.arange(n, dtype=np.uint8) % 10
+        for name, array in zip(data.FASHION_FILES[part], (x, y)):
+            raw = idx_bytes(array)
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+            else:
+                (folder / name).write_bytes(raw)
+        written[part] = (torch.from_numpy(x).float().div(255).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+    return written
+
+
+@pytest.fixture
+def no_debian(monkeypatch, tmp_path):
+    """As on a machine without Debian's dataset-fashion-mnist package, and offline."""
+    monkeypatch.setattr(data, "FASHION_DEBIAN", tmp_path / "no-debian-copy")
+
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", offline)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_fake_fashion_loads_exactly(tmp_path, no_debian, gz):
+    w = write_fake_fashion(tmp_path / data.FASHION_FOLDER, gz=gz)
+    ds = load("fashion", tmp_path, val_size=8, download=False)
+    assert (ds.name, ds.num_classes, ds.classes[0], ds.flip, ds.crop_padding) == ("fashion", 10, "T-shirt/top", True, 2)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (32, 8, 12)
+    assert ds.train.x.shape[1:] == (1, 28, 28) and ds.train.x.dtype == torch.float32
+    assert torch.equal(ds.test.x, w["test"][0]) and torch.equal(ds.test.y, w["test"][1])
+    # train and val partition the training file, labels travelling with their images
+    x, y = w["train"]
+    assert rows(torch.cat([ds.train.x, ds.val.x])) == rows(x)
+    label_of = {bytes(r): int(c) for r, c in zip(x.flatten(1).numpy().view(np.uint8), y)}
+    assert all(label_of[bytes(r)] == int(c) for r, c in zip(ds.val.x.flatten(1).numpy().view(np.uint8), ds.val.y))
+    again = load("fashion", tmp_path, val_size=8, download=False)
+    assert torch.equal(again.val.x, ds.val.x) and torch.equal(again.train.x, ds.train.x)
+
+
+def test_fashion_downsampled_to_14_is_the_2x2_means(tmp_path, no_debian):
+    w = write_fake_fashion(tmp_path / data.FASHION_FOLDER)
+    ds = load("fashion", tmp_path, val_size=8, image_size=14, download=False)
+    assert ds.test.x.shape[1:] == (1, 14, 14) and ds.crop_padding == 1
+    block = w["test"][0][:, :, 2:4, 6:8].mean(dim=(2, 3))
+    assert torch.allclose(ds.test.x[:, :, 1, 3], block)
+    with raises_user_error("image_size=20"):
+        load("fashion", tmp_path, image_size=20, download=False)
+
+
+def test_train_size_keeps_a_fixed_subset_of_train(tmp_path, no_debian):
+    write_fake_fashion(tmp_path / data.FASHION_FOLDER)
+    full = load("fashion", tmp_path, val_size=8, download=False)
+    part = load("fashion", tmp_path, val_size=8, train_size=10, download=False)
+    assert torch.equal(part.train.x, full.train.x[:10]) and torch.equal(part.val.x, full.val.x)
+    assert torch.equal(load("digits", train_size=100).train.y, load("digits").train.y[:100])
+    for bad in (0, 33):
+        with raises_user_error(f"train_size={bad}"):
+            load("fashion", tmp_path, val_size=8, train_size=bad, download=False)
+
+
+def test_fashion_falls_back_to_debian_and_writes_nothing(tmp_path, monkeypatch, no_debian):
+    w = write_fake_fashion(tmp_path / "debian", gz=True)
+    monkeypatch.setattr(data, "FASHION_DEBIAN", tmp_path / "debian")
+    root = tmp_path / "data"
+    assert torch.equal(load("fashion", root, val_size=8).test.x, w["test"][0])
+    assert not root.exists()
+
+
+def test_a_broken_own_copy_is_an_error_not_replaced_by_debian(tmp_path, monkeypatch, no_debian):
+    write_fake_fashion(tmp_path / "debian", gz=True)
+    monkeypatch.setattr(data, "FASHION_DEBIAN", tmp_path / "debian")
+    write_fake_fashion(tmp_path / data.FASHION_FOLDER)
+    (tmp_path / data.FASHION_FOLDER / "t10k-labels-idx1-ubyte").unlink()
+    with raises_user_error("lacks t10k-labels-idx1-ubyte"):
+        load("fashion", tmp_path, download=False)
+
+
+def test_fashion_absent_everywhere(tmp_path, no_debian):
+    with raises_user_error("apt-get install dataset-fashion-mnist") as info:
+        load("fashion", tmp_path / "data", download=False)
+    assert "--data-root" in str(info.value)
+    with raises_user_error("download failed"):   # online in name only: the download raises
+        load("fashion", tmp_path / "data", download=True)
+    assert not (tmp_path / "data").exists()
+
+
+def test_fashion_download_lands_in_torchvision_layout(tmp_path, monkeypatch, no_debian):
+    def fake_download(self):
+        write_fake_fashion(Path(self.raw_folder))
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", fake_download)
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "_check_exists", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "_load_data", lambda self: (None, None))
+    ds = load("fashion", tmp_path, val_size=8)
+    assert len(ds.test) == FASHION_N["test"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FashionMNIST"]   # no temporary folder left
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[:-5], "truncated"),
+    (lambda raw: b"\x00\x00\x0d\x03" + raw[4:], "magic 00000d03"),
+    (lambda raw: b"", "magic none"),
+])
+def test_damaged_idx_files(tmp_path, no_debian, damage, message):
+    write_fake_fashion(tmp_path / data.FASHION_FOLDER)
+    f = tmp_path / data.FASHION_FOLDER / "train-images-idx3-ubyte"
+    f.write_bytes(damage(f.read_bytes()))
+    with raises_user_error(message) as info:
+        load("fashion", tmp_path, download=False)
+    assert str(f) in str(info.value)
+
+
+def test_corrupt_gz_idx_file(tmp_path, no_debian):
+    write_fake_fashion(tmp_path / data.FASHION_FOLDER, gz=True)
+    f = tmp_path / data.FASHION_FOLDER / "t10k-images-idx3-ubyte.gz"
+    for broken in (f.read_bytes()[:200], b"not gzip at all"):
+        f.write_bytes(broken)
+        with raises_user_error("cannot read"):
+            load("fashion", tmp_path, download=False)
+
+
+def test_real_fashion_when_installed(tmp_path):
+    if not all((data.FASHION_DEBIAN / f"{n}.gz").is_file() for pair in data.FASHION_FILES.values() for n in pair):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    ds = load("fashion", tmp_path, download=False)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (59000, 1000, 10000)
+    assert torch.bincount(ds.test.y).tolist() == [1000] * 10   # the official test set is balanced
+    assert 0.25 < ds.test.x.mean() < 0.35 and ds.test.x.min() == 0 and ds.test.x.max() == 1
 
 
 # ---------------------------------------------------------------- augmentation

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))   # write_fake_cifar, when run as a script
-from test_data import write_fake_cifar  # noqa: E402
+from test_data import write_fake_cifar, write_fake_fashion  # noqa: E402
 
 from rslad_kit import cli, config, data, evaluate, models, reproduce, runs  # noqa: E402
 from rslad_kit.errors import UserError  # noqa: E402
@@ -100,6 +100,28 @@ def write_broken_cifar(root: Path) -> None:
     write_fake_cifar(root, "cifar10")
     batch = root / "cifar-10-batches-py" / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:100])
+
+
+def write_damaged_fashion(root: Path, file: str, damage: Callable[[bytes], bytes] | None) -> None:
+    """A Fashion-MNIST copy in torchvision's layout whose `file` is damaged (None: deleted)."""
+    write_fake_fashion(root / data.FASHION_FOLDER)
+    path = root / data.FASHION_FOLDER / file
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_bytes(damage(path.read_bytes()))
+
+
+@contextlib.contextmanager
+def without_fashion(tmp: Path):
+    """A machine without Debian's dataset-fashion-mnist, and offline."""
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    import torchvision.datasets
+    with mock.patch.object(data, "FASHION_DEBIAN", tmp / "no-debian-copy"), \
+            mock.patch.object(torchvision.datasets.FashionMNIST, "download", offline):
+        yield
 
 
 def write_started_run(folder: Path) -> None:
@@ -173,6 +195,7 @@ class Case:
 TRAIN = "train --preset smoke --out {tmp}/run"
 EVAL = "evaluate --model cnn-w4 --dataset digits --eps 0.2 --attacks clean --json {tmp}/out/row.json"
 OK = " --checkpoint {tmp}/ok.pt"
+FASHION = "evaluate --model cnn-w4 --dataset fashion --checkpoint {tmp}/ok.pt --data-root {tmp}/data --offline"
 
 
 def _ok(tmp: Path) -> None:
@@ -245,6 +268,28 @@ CASES = [
          prepare=lambda tmp: (write_state_dict(tmp / "rgb.pt", in_channels=3), write_broken_cifar(tmp / "data"))),
     Case("api-data-offline", "data.load of absent CIFAR-100 with download=False",
          call=lambda tmp: data.load("cifar100", tmp / "data", download=False)),
+    Case("fashion-offline", "Fashion-MNIST in neither --data-root nor Debian's folder, and --offline",
+         argv=FASHION, prepare=_ok, fault=without_fashion),
+    Case("api-fashion-no-network", "data.load of Fashion-MNIST found nowhere, and the download fails",
+         call=lambda tmp: data.load("fashion", tmp / "data"), fault=without_fashion),
+    Case("fashion-missing-file", "a Fashion-MNIST folder that lacks a file",
+         argv=FASHION, fault=without_fashion,
+         prepare=lambda tmp: (_ok(tmp), write_damaged_fashion(tmp / "data", "t10k-labels-idx1-ubyte", None))),
+    Case("fashion-truncated", "a truncated Fashion-MNIST idx file", argv=FASHION, fault=without_fashion,
+         prepare=lambda tmp: (_ok(tmp), write_damaged_fashion(tmp / "data", "t10k-images-idx3-ubyte",
+                                                              lambda raw: raw[:1000]))),
+    Case("fashion-magic", "an idx file with the wrong magic number (labels where images belong)",
+         argv=FASHION, fault=without_fashion,
+         prepare=lambda tmp: (_ok(tmp), write_damaged_fashion(tmp / "data", "t10k-images-idx3-ubyte",
+                                                              lambda raw: b"\0\0\x08\x01" + raw[4:]))),
+    Case("api-fashion-gz", "a corrupt .gz idx file", fault=without_fashion,
+         call=lambda tmp: data.load("fashion", tmp / "data", download=False),
+         prepare=lambda tmp: (write_fake_fashion(tmp / "data" / data.FASHION_FOLDER, gz=True),
+                              (tmp / "data" / data.FASHION_FOLDER / "t10k-images-idx3-ubyte.gz").write_bytes(b"junk"))),
+    Case("fashion-root-file", "--data-root names a file, not a folder", argv=FASHION.replace("{tmp}/data", "{tmp}/ok.pt"),
+         prepare=_ok),
+    Case("api-train-size", "a training-set size larger than the training set",
+         call=lambda tmp: data.load("digits", train_size=5000)),
     # --- checkpoint files, checked before any data is read or downloaded
     Case("ckpt-missing", "a checkpoint that does not exist (CIFAR-10 not downloaded first)",
          argv="evaluate --model resnet18 --dataset cifar10 --checkpoint {tmp}/none.pt --data-root {tmp}/data"),
