@@ -386,6 +386,26 @@ def check_name(name: str) -> None:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
+# What a plan's cost estimate needs to know of a dataset without reading or downloading it: training
+# images before the validation split, channels, native side, classes. Digits ships with scikit-learn
+# and is simply read.
+SIZES = {"fashion": (60_000, 1, 28, 10), "cifar10": (50_000, 3, 32, 10), "cifar100": (50_000, 3, 32, 100)}
+
+
+def shape(name: str, *, val_size: int | None = None, image_size: int | None = None,
+          train_size: int | None = None) -> tuple[int, int, int, int, int]:
+    """(training images, validation images, channels, side, classes) of `load(name, ...)` with these
+    settings, known without the dataset's files (a dry run touches neither the network nor the data)."""
+    check_name(name)
+    if name not in SIZES:
+        ds = load(name, val_size=val_size, image_size=image_size, train_size=train_size, download=False)
+        return len(ds.train), len(ds.val), ds.in_channels, ds.image_size, ds.num_classes
+    total, channels, side, classes = SIZES[name]
+    val = 1000 if val_size is None else val_size
+    train = total - val if train_size is None else min(train_size, total - val)
+    return train, val, channels, image_size or side, classes
+
+
 def load(
     name: str,
     root: str | Path = "data",

@@ -436,18 +436,20 @@ def check_results_folder(plan: Plan, allow_mixed: bool = False) -> None:
 
 
 def estimate_seconds(plan: Plan, workers: int) -> str:
-    """A rough estimate from one timed forward-backward pass of each architecture on this machine."""
-    ds = _dataset(plan.base.dataset, plan.base.data_root, plan.base.val_size, plan.base.image_size,
-                  plan.base.train_size)
+    """A rough estimate from one timed forward-backward pass of each architecture on this machine, on
+    random images of the dataset's shape: it reads no data and downloads nothing."""
+    base = plan.base
+    n_train, n_val, channels, side, classes = data_lib.shape(base.dataset, val_size=base.val_size,
+                                                             image_size=base.image_size, train_size=base.train_size)
     per_pass: dict[tuple[str, int], float] = {}
     core_seconds = 0.0
     for cfg in plan.runs.values():
         key = (cfg.model, cfg.batch_size)
         if key not in per_pass:
-            per_pass[key] = _time_pass(cfg.model, ds, cfg.batch_size)
+            per_pass[key] = _time_pass(cfg.model, cfg.batch_size, channels, side, classes)
         attack = cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0
-        steps = math.ceil(len(ds.train) / cfg.batch_size) * (attack + 2)       # attack + outer forwards
-        validation = math.ceil(len(ds.val) / cfg.batch_size) * 21               # clean + PGD-20
+        steps = math.ceil(n_train / cfg.batch_size) * (attack + 2)       # attack + outer forwards
+        validation = math.ceil(n_val / cfg.batch_size) * 21              # clean + PGD-20
         core_seconds += cfg.epochs * (steps + validation) * per_pass[key]
     slow = {a: sum(a in attacks for ckpts in plan.evaluations.values() for attacks in ckpts.values())
             for a in SLOW_ATTACKS}
@@ -458,11 +460,11 @@ def estimate_seconds(plan: Plan, workers: int) -> str:
             "small model (benchmarks/README.md), more for large ones.")
 
 
-def _time_pass(model_name: str, ds: data_lib.Dataset, batch_size: int) -> float:
-    """Seconds of one forward-backward pass at `batch_size`, timed on a few images and scaled."""
-    model = models.build(model_name, ds.num_classes, in_channels=ds.in_channels)
-    n = min(batch_size, 16 if ds.image_size > 8 else batch_size)   # big models: time a small batch
-    x = ds.train.x[:n]
+def _time_pass(model_name: str, batch_size: int, channels: int, side: int, classes: int) -> float:
+    """Seconds of one forward-backward pass at `batch_size`, timed on a few random images and scaled."""
+    model = models.build(model_name, classes, in_channels=channels)
+    n = min(batch_size, 16 if side > 8 else batch_size)   # big models: time a small batch
+    x = torch.rand(n, channels, side, side, generator=torch.Generator().manual_seed(0))
     model(x).sum().backward()   # warm-up
     start = time.perf_counter()
     for _ in range(2):

@@ -147,3 +147,19 @@ def test_a_warning_is_one_line_above_the_progress_bar(capsys, monkeypatch, tmp_p
         assert cli_module.main(["figures", "--out", str(tmp_path)]) == 0
     assert written == ["rslad-kit: warning: the CIFAR copy differs from the official release"]   # tqdm clears its bar first
     assert capsys.readouterr().err == written[0] + "\n"
+
+
+@pytest.mark.parametrize("name", list(config.PRESETS))
+def test_a_dry_run_reads_no_data_and_writes_nothing(name, tmp_path, monkeypatch, capsys):
+    from rslad_kit import data
+
+    def untouchable(*args, **kwargs):
+        raise AssertionError("a dry run read or downloaded a dataset")
+    for dataset in data.SIZES:   # everything but digits, which ships with scikit-learn
+        monkeypatch.setitem(data.DATASETS, dataset, untouchable)
+    if config.PRESETS[name].plan is None:
+        pytest.skip(f"{name} has no plan")
+    assert cli_module.main(["--threads", "1", "reproduce", "--preset", name, "--dry-run",
+                            "--data-root", str(tmp_path / "nodata"), "--out", str(tmp_path / "out")]) == 0
+    assert "estimated training" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
