@@ -209,6 +209,14 @@ _FASHION = replace(
     attack=AttackConfig(eps=0.1, step_size=0.04, steps=5),
 )
 
+_FASHION_NOTE = (
+    "Read this first: in the pre-registered study behind this preset (docs/classroom_regime.md), RSLAD "
+    "trailed SAT on all 6 fresh seeds (-1.3 [-2.4, -0.2] PGD_TRADES, -1.7 [-3.2, -0.1] AutoAttack) and tied "
+    "TRADES. The teacher is only 6-7 points more robust than a SAT student, and natural, SAT-trained or "
+    "smoothed soft labels taught the student as much. This contradicts the paper at this budget; it is "
+    "the classroom's result, not the paper's."
+)
+
 # Teachers that cost more than a live demo can pay: name -> (preset, recipe). `rslad-kit teacher NAME`
 # trains one by its recipe, bit for bit on a CPU with one thread, and `--ship` commits it under
 # rslad_kit/teachers/ with its SHA-256 (models.shipped_file checks it on every read).
@@ -250,7 +258,7 @@ PRESETS: dict[str, Preset] = {
         PlanConfig(students=("cnn-w4",), teacher="shipped:fashion14-trades-w16",
                    natural_teacher=dict(method="natural", model="cnn-w16", epochs=10, milestones=(8, 9)),
                    surrogate=dict(method="sat", model="cnn-w8"), seeds=3, ablation_seeds=1, slow_attack_seeds=1,
-                   slow_attack_checkpoints=("best",), autoattack=("apgd-ce", "apgd-t")),
+                   slow_attack_checkpoints=("best",), autoattack=("apgd-ce", "apgd-t"), note=_FASHION_NOTE),
     ),
     "cifar10": Preset(
         TrainConfig(dataset="cifar10", teacher="robustbench:Zhang2019Theoretically"),
