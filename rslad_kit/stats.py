@@ -30,9 +30,10 @@ def power_margin(n: int) -> float:
     return float(_scipy_stats.t.ppf(0.975, n - 1) + _scipy_stats.t.ppf(0.8, n - 1))
 
 
-def half_width(sd: float, n: int) -> float:
-    """Half the width of the 95% t-interval of a mean of `n` values whose standard deviation is `sd`."""
-    return float(_scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+def half_width(sd: float, n: int, level: float = 0.95) -> float:
+    """Half the width of the t-interval at `level` (two-sided) of a mean of `n` values whose standard
+    deviation is `sd`."""
+    return float(_scipy_stats.t.ppf(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n))
 
 
 def mean_interval(values: Sequence[float]) -> dict[str, float | int]:

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from scipy.stats import t as _t
 
 from rslad_kit import models, reproduce, runs
 from rslad_kit.config import PRESETS, preset
 from rslad_kit.errors import UserError
 from rslad_kit.plan import Plan
 from rslad_kit.report import Cell
-from rslad_kit.stats import paired
+from rslad_kit.stats import half_width, paired
 from rslad_kit.runs import write_text
 
 
@@ -173,7 +172,7 @@ def _interval(mean: float, sd: float | None, n: int, comparisons: int) -> Differ
     level = 1 - FAMILY_ERROR / comparisons
     if sd is None or n < 2:
         return Difference(mean, None, None, 100 * level, n)
-    half = float(_t.ppf(1 - (1 - level) / 2, n - 1)) * sd / math.sqrt(n)
+    half = half_width(sd, n, level)
     return Difference(mean, mean - half, mean + half, 100 * level, n)
 
 
