@@ -148,6 +148,11 @@ def _dataset(name: str, root: str, val_size: int | None, image_size: int | None,
     return data_lib.load(name, root, val_size=val_size, image_size=image_size, train_size=train_size)
 
 
+def _dataset_for(cfg: TrainConfig) -> data_lib.Dataset:
+    """The dataset `cfg` trains on (cached: the runs of a plan share one copy)."""
+    return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
+
+
 def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
     """A run's checkpoint `ckpt` ("best", "last"), or a zoo teacher from its file, in eval mode."""
     if run == "teacher" and run not in plan.runs:   # a zoo or shipped teacher, read from its file
@@ -195,7 +200,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
                 _check_unchanged(recorded, train.teacher_path(task.cfg, out), out / "last.pt")
             return
         cfg = task.cfg
-        ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
+        ds = _dataset_for(cfg)
         train.train(cfg, out, resume=(out / "last.pt").is_file(), dataset=ds, progress=progress, position=position)
         return
 
@@ -207,7 +212,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
     if all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items()):
         return
     cfg = plan.runs.get(run) or plan.base
-    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
+    ds = _dataset_for(cfg)
     test = ds.test.to(device)
     surrogate = None
     if any(a.startswith("transfer") for attacks in task.checkpoints.values() for a in attacks):
@@ -420,7 +425,7 @@ def check_results_folder(plan: Plan, allow_mixed: bool = False) -> None:
     """Record what the folder's results are computed on (plan.json), and refuse to add results for
     another preset, dataset, eps or data (a changed --data-root, an edited CIFAR copy) to them."""
     cfg = plan.base
-    ds = _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
+    ds = _dataset_for(cfg)
     now = {"preset": plan.preset, "dataset": plan.dataset, "eps": plan.eps,
            "data_sha256": runs.data_checksum(ds.train, ds.val, ds.test)}
     path = plan.out / "plan.json"

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torchvision.datasets
 import torchvision.datasets.cifar
-import torch.nn.functional as F
 
 from rslad_kit import data
 from rslad_kit.data import DATASETS, Split, TensorLoader, augment, load
