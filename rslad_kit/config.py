@@ -222,6 +222,11 @@ _FASHION_NOTE = (
 # rslad_kit/teachers/ with its SHA-256 (models.shipped_file checks it on every read).
 SHIPPED_TEACHERS: dict[str, tuple[str, dict[str, Any]]] = {
     "fashion14-trades-w16": ("fashion", dict(method="trades", model="cnn-w16", epochs=20, milestones=(15, 18))),
+    # Study 2 of docs/classroom_regime.md: the same network on every training image but the choice split's
+    "fashion14-trades-w16-full": ("fashion", dict(method="trades", model="cnn-w16", train_size=58_500, epochs=12,
+                                                  milestones=(9, 11))),
+    "fashion14-natural-w16-full": ("fashion", dict(method="natural", model="cnn-w16", train_size=58_500, epochs=6,
+                                                   milestones=(4, 5))),
 }
 
 # The paper's helper models: a naturally trained WRN-34-10 for NSL (its architecture is not stated)
