@@ -1,6 +1,7 @@
 """The kit's RSLAD step against the official loop's structure (benchmarks/official_loop.py), in one run.
 
     python benchmarks/speed.py classroom --threads 1,2      # digits, cnn-w4 student, cnn-w16 teacher (CPU)
+    python benchmarks/speed.py classroom --preset fashion   # the same on Fashion-MNIST 14x14, 3,000 images
     OMP_NUM_THREADS=2 python benchmarks/speed.py large       # ResNet-18 + WRN-16-4, CIFAR-shaped (CPU)
     OMP_NUM_THREADS=1 python benchmarks/speed.py scaling     # epoch time vs PGD steps and vs dataset size
     OMP_NUM_THREADS=1 python benchmarks/speed.py memory      # peak CPU memory of a step vs batch size
@@ -139,15 +140,17 @@ def wrn_16_4(in_channels=3):
 # --- parts -----------------------------------------------------------------------------------------
 
 def part_classroom(args) -> None:
-    """The classroom models on a CPU: one full digits epoch per loop, at each thread count in --threads.
+    """The classroom models on a CPU: one full epoch of --preset's data (classroom: digits; fashion:
+    Fashion-MNIST) per loop, at each thread count in --threads.
 
     Both loops get the same torch thread count T per table. The kit is one process (its loader runs in
     it). The official structure is a main process with T threads plus its DataLoader's worker processes
     (1 thread each: PIL crop, flip, ToTensor), so with workers it uses more than T cores; its row with 0
     workers loads in the main process and uses exactly T. Ratios are against the faster official row.
     """
-    ds = data.load("digits")
-    cfg = preset("classroom", "rslad", teacher="x")
+    cfg = preset(args.preset, "rslad", teacher="x")
+    ds = data.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size,
+                   train_size=cfg.train_size)
     images, labels = as_uint8(ds.train)
     n_batches = len(ds.train) // cfg.batch_size - 1
     workers = args.loader_workers
@@ -156,12 +159,14 @@ def part_classroom(args) -> None:
           f"process alone (0 workers, exactly T threads). Ratios: against the faster official row at the same "
           f"T, and against the official row on exactly T threads. Each row is the best of {args.repeats} "
           f"epochs, the loops interleaved.\n")
-    print("| T | loop (classroom: cnn-w4 student, cnn-w16 teacher, digits, PGD-5, batch 128) | images/s "
+    side = ds.train.x.shape[-1]
+    print(f"| T | loop ({args.preset}: cnn-w4 student, cnn-w16 teacher, {cfg.dataset} {side}x{side}, "
+          f"{len(ds.train):,} images, PGD-{cfg.attack.steps}, batch {cfg.batch_size}) | images/s "
           "| ratio to the faster official | ratio to the official on T threads |")
     print("|---|---|---|---|---|")
     same_cores = "official structure (PIL loader in the main process, DataParallel)"
     official_rows = {f"official structure (PIL loader, {workers} workers, DataParallel)": workers, same_cores: 0}
-    kit_rows = {f"kit, classroom preset (channels_last={cfg.channels_last})": cfg,
+    kit_rows = {f"kit, {args.preset} preset (channels_last={cfg.channels_last})": cfg,
                 f"kit, channels_last={not cfg.channels_last}": replace(cfg, channels_last=not cfg.channels_last)}
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -513,6 +518,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="batch size (large)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (layout)")
     parser.add_argument("--loader-workers", type=int, default=2, help="the official DataLoader's workers (classroom)")
+    parser.add_argument("--preset", default="classroom", choices=("classroom", "fashion"),
+                        help="whose data and models the classroom part times (default: classroom, the digits)")
     parser.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2],
                         help="torch threads for both loops, one table row group each (classroom; default 1,2)")
     args = parser.parse_args()
