@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg.set_defaults(func=cmd_figures)
 
     ts = sub.add_parser("teacher-study", help="Figure 4: RSLAD students from a ladder of teachers")
-    ts.add_argument("--preset", default="classroom", help="classroom, cifar10 (or smoke)")
+    ts.add_argument("--preset", default="classroom", help="classroom, fashion, cifar10 (or smoke)")
     ts.add_argument("--out", default="results", help="the study goes in OUT/<preset>-teacher-study")
     ts.add_argument("--seeds", type=int, help="students per teacher (default: the ladder's)")
     ts.add_argument("--data-root", default="data", help="where CIFAR is (or is downloaded to); default: data")

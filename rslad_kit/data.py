@@ -392,6 +392,12 @@ def check_name(name: str) -> None:
 SIZES = {"fashion": (60_000, 1, 28, 10), "cifar10": (50_000, 3, 32, 10), "cifar100": (50_000, 3, 32, 100)}
 
 
+def channels(name: str) -> int:
+    """The number of colour channels of dataset `name`, known without its files."""
+    check_name(name)
+    return SIZES[name][1] if name in SIZES else 1   # digits: grayscale
+
+
 def shape(name: str, *, val_size: int | None = None, image_size: int | None = None,
           train_size: int | None = None) -> tuple[int, int, int, int, int]:
     """(training images, validation images, channels, side, classes) of `load(name, ...)` with these

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from rslad_kit import data
 from rslad_kit import evaluate as evaluate_lib
 from rslad_kit import models
 from rslad_kit.config import PlanConfig, TrainConfig
@@ -120,6 +121,6 @@ def estimate_cost(cfg: TrainConfig) -> float:
     """Relative training cost: epochs x (attack steps + forwards) x model size (parameters)."""
     passes = 1 + (cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0)
     with torch.device("meta"):
-        size = sum(p.numel() for p in models.build(cfg.model, 10, in_channels=1 if cfg.dataset == "digits" else 3)
+        size = sum(p.numel() for p in models.build(cfg.model, 10, in_channels=data.channels(cfg.dataset))
                    .parameters())
     return cfg.epochs * passes * size

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rslad_kit import models, reproduce, runs
+from rslad_kit import data, models, reproduce, runs
 from rslad_kit.config import PRESETS, preset
 from rslad_kit.errors import UserError
 from rslad_kit.plan import Plan
@@ -42,8 +42,8 @@ class Ladder:
 # paper's "robust underfitting" case), sized from the preset's student so the ladder follows it. The
 # classroom's 4 teachers x 3 seeds + 3 SAT baselines fit in about 10 minutes on 2 cores; AutoAttack
 # (~15-25 s a checkpoint on a CPU) would double that, so robustness is PGD_TRADES there.
-WIDTH_STEPS = {"classroom": (1, 2, 4, 8), "smoke": (1, 2)}
-_CLASSROOM_LIKE = {"classroom": ("pgd_trades", 3), "smoke": ("pgd_trades", 1)}
+WIDTH_STEPS = {"classroom": (1, 2, 4, 8), "fashion": (1, 2, 4, 8), "smoke": (1, 2)}
+_CLASSROOM_LIKE = {"classroom": ("pgd_trades", 3), "fashion": ("pgd_trades", 3), "smoke": ("pgd_trades", 1)}
 # CIFAR-10: the paper's six teachers, the first four trained with TRADES by the kit.
 _CIFAR10_LADDER = Ladder(("resnet18", "resnet34", "resnet50", "wrn-34-10",
                           "robustbench:Gowal2020Uncovering_34_20", "robustbench:Gowal2020Uncovering_70_16"),
@@ -107,7 +107,7 @@ def _params(teacher: str, plan: Plan) -> int:
             model = entry.arch(**entry.kwargs)
         else:
             model = models.build(teacher, 100 if plan.dataset == "cifar100" else 10,
-                                 in_channels=1 if plan.dataset == "digits" else 3)
+                                 in_channels=data.channels(plan.dataset))
     return sum(p.numel() for p in model.parameters())
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from rslad_kit import config, teacher_study
+from rslad_kit import config, models, teacher_study
 from rslad_kit.cli import main
 from rslad_kit.errors import UserError
 
@@ -38,6 +38,14 @@ def test_the_cifar10_ladder_is_the_papers_six_teachers():
     students = [cfg for name, cfg in plan.runs.items() if "-rslad-" in name]
     assert len(students) == 6 and {cfg.model for cfg in students} == {"resnet18"}
     assert all(set(ckpts["best"]) == {"clean", "autoattack"} for ckpts in plan.evaluations.values())
+
+
+def test_the_fashion_ladder_widens_its_grayscale_student_and_counts_grayscale_parameters():
+    plan, lad = teacher_study.build_plan("fashion", "results")
+    assert lad.teachers == ("cnn-w4", "cnn-w8", "cnn-w16", "cnn-w32") and lad.attack == "pgd_trades"
+    assert plan.runs["teacher-cnn-w32"].dataset == "fashion"
+    grayscale = sum(p.numel() for p in models.build("cnn-w32", 10, in_channels=1).parameters())
+    assert teacher_study._params("cnn-w32", plan) == grayscale   # it used to count three channels
 
 
 def test_unknown_preset_is_refused():
