@@ -22,7 +22,7 @@ def _threads(value: str | None) -> int:
     """Torch's CPU thread count, set deliberately: oversubscription slows AutoAttack 20-50x."""
     if value:
         return int(value)
-    from rslad_kit.train import available_cores
+    from rslad_kit.gpu import available_cores
 
     return int(os.environ.get("OMP_NUM_THREADS") or available_cores())
 
@@ -59,7 +59,7 @@ def _print_row(row: dict, names: Sequence[str]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from rslad_kit import attacks as atk
-    from rslad_kit import data, evaluate, models, runs, train
+    from rslad_kit import data, evaluate, gpu, loading, models, runs
 
     # --- cheap checks first (names, values, files), then data, downloads and models
     attacks = evaluate.check_attacks(a for a in args.attacks.split(",") if a)
@@ -71,14 +71,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} {value}; pass a positive number")
     checkpoint = models.read_checkpoint(args.checkpoint)
 
-    device = train.resolve_device(args.device)
+    device = gpu.resolve_device(args.device)
     ds = data.load(args.dataset, args.data_root, download=not args.offline)
     model = models.build(args.model, ds.num_classes, in_channels=ds.in_channels)
     model = models.load_state(model, checkpoint, args.checkpoint).to(device).eval()
     surrogate = None
     if args.surrogate:
-        surrogate = train.load_model(args.surrogate, arch=args.surrogate_model, num_classes=ds.num_classes,
-                                     in_channels=ds.in_channels).to(device)
+        surrogate = loading.load_model(args.surrogate, arch=args.surrogate_model, num_classes=ds.num_classes,
+                                       in_channels=ds.in_channels).to(device)
     checkpoint_sha256 = runs.sha256(args.checkpoint)
     state = None
     if args.json and "autoattack" in attacks:   # AutoAttack's progress, beside the results: a rerun resumes
@@ -93,8 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             "config": {k: v for k, v in vars(args).items() if k != "func"},
             "data_sha256": runs.data_checksum(ds.test.take(args.n)), **runs.provenance(device)}
     if args.surrogate:
-        surrogate_file = Path(args.surrogate)
-        row["surrogate_sha256"] = runs.sha256(surrogate_file / "best.pt" if surrogate_file.is_dir() else surrogate_file)
+        row["surrogate_sha256"] = runs.sha256(loading.checkpoint_path(args.surrogate))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         runs.write_text(Path(args.json), json.dumps(row, indent=2))

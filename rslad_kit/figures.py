@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rslad_kit import attacks, data, evaluate, models, reproduce, runs, saliency, train
+from rslad_kit import attacks, data, evaluate, gpu, models, reproduce, runs, saliency, train
 from rslad_kit import teacher_study as study_lib
 from rslad_kit.config import PRESETS
 from rslad_kit.errors import UserError
@@ -413,7 +413,7 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
         raise UserError(f"{missing[0]} is missing ({len(missing)} checkpoint(s) in all); run "
                         f"`rslad-kit reproduce --preset {plan.preset} --out {folder.parent}` first")
 
-    device = train.resolve_device(plan.base.device)
+    device = gpu.resolve_device(plan.base.device)
     ds = data.load(plan.dataset, plan.base.data_root, val_size=plan.base.val_size, image_size=plan.base.image_size,
                    train_size=plan.base.train_size)
     test = ds.test.to(device)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
-from rslad_kit import config, data, evaluate, figures, models, runs, saliency, solutions, teacher_study, train
+from rslad_kit import config, data, evaluate, figures, gpu, loading, models, runs, saliency, solutions, teacher_study, train
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS, entropy, rslad_loss
 
@@ -105,7 +105,7 @@ class Lab:
     @property
     def device(self) -> torch.device:
         """Where this scale computes: CUDA when present (the preset's "auto"), else the CPU."""
-        return train.resolve_device(self.config("sat").device)
+        return gpu.resolve_device(self.config("sat").device)
 
     def dataset(self) -> data.Dataset:
         """This scale's dataset, its splits on `device` (so evaluations and maps run there too)."""
@@ -124,22 +124,21 @@ class Lab:
         """This scale's teacher, frozen and in eval mode: trained once into runs/<scale>/<kind>, a file
         shipped with the kit, or a RobustBench file."""
         spec = self.teacher_config(kind)
-        if isinstance(spec, str) and spec.startswith("shipped:"):
-            return train.load_model(models.shipped_file(spec.partition(":")[2])).to(self.device).requires_grad_(False)
-        if isinstance(spec, str):
-            return models.load_teacher(spec, self.config("sat").dataset, self.model_dir).to(self.device)
+        if isinstance(spec, str):   # a shipped or RobustBench teacher: a file
+            teacher = loading.load_model(spec, dataset=self.config("sat").dataset, model_dir=self.model_dir)
+            return teacher.to(self.device).requires_grad_(False)
         return self.train(spec, kind).requires_grad_(False)
 
     def arch(self, run: str) -> str:
         """The registry architecture of this scale's "teacher" / "teacher-natural", or of a method's
         run (Grad-CAM's target layer depends on it)."""
         spec = self.teacher_config(run) if run in ("teacher", "teacher-natural") else self.config(run)
-        if isinstance(spec, str) and spec.startswith("shipped:"):
-            return models.shipped_record(spec.partition(":")[2])["config"]["model"]
-        if isinstance(spec, str):   # a RobustBench teacher: the architecture of its class
-            entry = models.ZOO[(self.config("sat").dataset, spec.removeprefix("robustbench:"))]
-            return saliency.ZOO_ARCHS[entry.arch]
-        return spec.model
+        if not isinstance(spec, str):
+            return spec.model
+        kind, name = loading.parse_spec(spec)
+        if kind == "shipped":
+            return models.shipped_record(name)["config"]["model"]
+        return saliency.ZOO_ARCHS[models.ZOO[(self.config("sat").dataset, name)].arch]   # its class's architecture
 
     def folder(self, cfg: config.TrainConfig, name: str) -> Path:
         """Where the run of `cfg` is cached: runs/<scale>/<name>, unless that folder holds a run of other
@@ -212,8 +211,8 @@ def setup(scale: str = "classroom", *, runs: str = "runs", data_root: str = "dat
 
 def environment() -> dict[str, Any]:
     """Versions, device and threads: what a run records, and what to check first when a lab misbehaves."""
-    return {"python": platform.python_version(), **runs.provenance(train.resolve_device("auto")),
-            "cores": train.available_cores(), "ipywidgets": widgets.__version__,
+    return {"python": platform.python_version(), **runs.provenance(gpu.resolve_device("auto")),
+            "cores": gpu.available_cores(), "ipywidgets": widgets.__version__,
             "scikit-learn": sklearn.__version__}
 
 
@@ -248,7 +247,7 @@ def trained(cfg: config.TrainConfig, out: str | Path, *, dataset: data.Dataset |
     else:
         live = LiveCurves(out.name) if curves else None
         train.train(cfg, out, resume=(out / "last.pt").is_file(), dataset=dataset, on_epoch=live)
-    return train.load_model(out)
+    return loading.load_model(out)
 
 
 # --- figures ---------------------------------------------------------------------------------------

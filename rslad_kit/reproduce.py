@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from rslad_kit import data as data_lib
 from rslad_kit import evaluate as evaluate_lib
-from rslad_kit import gpu, models, runs, train
+from rslad_kit import gpu, loading, models, runs, train
 from rslad_kit import report
 from rslad_kit.config import PRESETS, SHIPPED_TEACHERS, TrainConfig, override, preset, to_dict
 from rslad_kit.errors import UserError
@@ -153,24 +153,23 @@ def _dataset_for(cfg: TrainConfig) -> data_lib.Dataset:
     return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
 
 
-def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
-    """A run's checkpoint `ckpt` ("best", "last"), or a zoo teacher from its file, in eval mode."""
+def _spec(plan: Plan, run: str, ckpt: str) -> str | Path:
+    """What names a run's checkpoint `ckpt` ("best", "last") for loading.load_model."""
     if run == "teacher" and run not in plan.runs:   # a zoo or shipped teacher, read from its file
-        if plan.teacher_spec.startswith("shipped:"):
-            return train.load_model(checkpoint_file(plan, run, ckpt)).to(device)
-        return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir).to(device)
+        return plan.teacher_spec
     if run in plan.zoo:   # a RobustBench teacher under another run name (the teacher study's ladder)
-        return models.load_teacher(plan.zoo[run], plan.dataset, plan.base.model_dir).to(device)
-    return train.load_model(checkpoint_file(plan, run, ckpt)).to(device)
+        return plan.zoo[run]
+    return plan.out / "runs" / run / f"{ckpt}.pt"
+
+
+def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
+    """A run's checkpoint `ckpt` ("best", "last"), or a zoo or shipped teacher from its file, in eval mode."""
+    return loading.load_model(_spec(plan, run, ckpt), dataset=plan.dataset, model_dir=plan.base.model_dir).to(device)
 
 
 def checkpoint_file(plan: Plan, run: str, ckpt: str) -> Path:
     """The file behind `load_for_eval(plan, run, ckpt)`."""
-    if run == "teacher" and run not in plan.runs:
-        return train.teacher_path(replace(plan.base, teacher=plan.teacher_spec), plan.out)
-    if run in plan.zoo:
-        return train.teacher_path(replace(plan.base, teacher=plan.zoo[run]), plan.out)
-    return plan.out / "runs" / run / f"{ckpt}.pt"
+    return loading.checkpoint_path(_spec(plan, run, ckpt), dataset=plan.dataset, model_dir=plan.base.model_dir)
 
 
 def _check_unchanged(recorded: str | None, path: Path, where: Path) -> str | None:
@@ -191,13 +190,13 @@ def _check_unchanged(recorded: str | None, path: Path, where: Path) -> str | Non
 
 def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -> None:
     """Do one task, unless its result is already on disk."""
-    device = train.resolve_device(plan.base.device)
+    device = gpu.resolve_device(plan.base.device)
     if task.kind == "train":
         out = plan.out / "runs" / task.name
         if runs.is_finished(out):
             recorded = runs.checkpoint_info(out / "last.pt")["meta"].get("teacher_sha256")
             if recorded:   # a finished student still matches its teacher's file
-                _check_unchanged(recorded, train.teacher_path(task.cfg, out), out / "last.pt")
+                _check_unchanged(recorded, loading.teacher_path(task.cfg, beside=out.parent), out / "last.pt")
             return
         cfg = task.cfg
         ds = _dataset_for(cfg)
@@ -360,11 +359,11 @@ def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> N
 def default_workers(plan: Plan) -> int:
     """One worker per core on a CPU; one on a GPU. Methods defined outside the package (in a
     notebook or test) exist only in this process, so such plans run here."""
-    if train.resolve_device(plan.base.device).type == "cuda":
+    if gpu.resolve_device(plan.base.device).type == "cuda":
         return 1
     if any(not METHODS[m].loss.__module__.startswith("rslad_kit") for m in plan.methods):
         return 1
-    return max(1, min(train.available_cores(), 8))
+    return max(1, min(gpu.available_cores(), 8))
 
 
 def gpu_workers(plan: Plan, workers_per_gpu: int) -> tuple[int, int]:
@@ -373,7 +372,7 @@ def gpu_workers(plan: Plan, workers_per_gpu: int) -> tuple[int, int]:
     if workers_per_gpu < 1:
         raise UserError(f"--workers-per-gpu {workers_per_gpu}; pass a whole number >= 1")
     gpus = gpu.gpu_count()
-    if gpus == 0 or train.resolve_device(plan.base.device).type != "cuda":
+    if gpus == 0 or gpu.resolve_device(plan.base.device).type != "cuda":
         raise UserError("--workers-per-gpu needs CUDA devices; on a CPU, the plan runs one worker per core")
     print(gpu.mps_note(workers_per_gpu))
     return workers_per_gpu * gpus, gpus

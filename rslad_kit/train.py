@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 from rslad_kit import attacks as atk
 from rslad_kit import data as data_lib
 from rslad_kit import distributed as dist_lib
-from rslad_kit import gpu, graphs, models, runs
+from rslad_kit import gpu, graphs, loading, models, runs
 from rslad_kit.config import TrainConfig, from_dict, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.evaluate import evaluate
@@ -210,7 +209,7 @@ def _num_classes(model: nn.Module, x: Tensor) -> int:
     return _no_grad(model, x[:1]).shape[1]
 
 
-# --- checks and loading ----------------------------------------------------------------------------
+# --- checks ----------------------------------------------------------------------------
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise UserError for names and values that cannot work, before anything is written."""
@@ -260,79 +259,6 @@ def needs_teacher(cfg: TrainConfig) -> bool:
     return "t_adv" in method.inputs or (reads_soft_labels and cfg.soft_labels == "teacher")
 
 
-def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
-               in_channels: int = 3) -> nn.Module:
-    """A model from a kit checkpoint (its architecture, and the memory layout it trained in, are recorded
-    inside) or a bare state dict + `arch`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; check the path (a run folder needs a best.pt)")
-    checkpoint = models.read_checkpoint(path)   # read once: its metadata names the architecture
-    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
-    if meta is not None:
-        model = models.build(meta["config"]["model"], meta["num_classes"], in_channels=meta["in_channels"])
-        if meta["config"].get("channels_last"):   # the same numbers, faster on a CPU (docs/benchmarks.md)
-            model = model.to(memory_format=torch.channels_last)
-    elif arch is not None and num_classes is not None:
-        model = models.build(arch, num_classes, in_channels=in_channels)
-    else:
-        raise UserError(f"{path} is a bare state dict; name its architecture (--teacher-model / --model)")
-    return models.load_state(model, checkpoint, path).eval()
-
-
-def teacher_path(cfg: TrainConfig, out: Path) -> Path:
-    """The file `cfg.teacher` names: RobustBench's zoo layout, a shipped teacher (checked by SHA-256),
-    a checkpoint, or a run folder's best.pt.
-
-    A bare run name is also looked up beside `out` (runs/teacher for --out runs/student).
-    """
-    spec = cfg.teacher
-    if spec.startswith("robustbench:"):
-        return models.zoo_path(cfg.dataset, spec.partition(":")[2], cfg.model_dir)
-    if spec.startswith("shipped:"):
-        return models.shipped_file(spec.partition(":")[2])
-    path = Path(spec)
-    if not path.exists() and (out.parent / spec).exists():
-        path = out.parent / spec
-    return path / "best.pt" if path.is_dir() else path
-
-
-def load_teacher(cfg: TrainConfig, ds: data_lib.Dataset, out: Path) -> nn.Module:
-    """The frozen teacher named by `cfg.teacher`: robustbench:<name>, shipped:<name>, a checkpoint, or a
-    run folder."""
-    if cfg.teacher.startswith("robustbench:"):
-        teacher = models.load_teacher(cfg.teacher, cfg.dataset, cfg.model_dir)
-    else:
-        teacher = load_model(teacher_path(cfg, out), arch=cfg.teacher_model, num_classes=ds.num_classes,
-                             in_channels=ds.in_channels)
-    teacher.eval().requires_grad_(False)
-    try:
-        classes = _num_classes(teacher, ds.val.x[:1])
-    except RuntimeError as err:   # e.g. a first convolution built for other input channels
-        reason = str(err).strip().splitlines()[0][:160]
-        raise UserError(f"the teacher cannot read {cfg.dataset} images of shape {tuple(ds.val.x.shape[1:])} "
-                        f"({reason}); use a teacher trained on {cfg.dataset}") from err
-    if classes != ds.num_classes:
-        raise UserError(f"the teacher predicts {classes} classes but {cfg.dataset} has {ds.num_classes}; "
-                        f"use a teacher trained on {cfg.dataset}")
-    return teacher
-
-
-# --- devices ---------------------------------------------------------------------------------------
-
-def available_cores() -> int:
-    """CPU cores this process may use (macOS has no sched_getaffinity)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 # --- the loop ----------------------------------------------------------------------------------------
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -377,7 +303,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     out = Path(out)
     # --- cheap checks first: names, values, the folder, the resume state; then data and models
     check_config(cfg)
-    dist_lib.check_gpus(resolve_device(cfg.device))
+    dist_lib.check_gpus(gpu.resolve_device(cfg.device))
     last_path = out / "last.pt"
     if resume and not last_path.is_file():
         raise UserError(f"--resume: no checkpoint in {out}; drop --resume to start a new run there")
@@ -401,7 +327,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     """The body of `train`, in the locked run folder `out`; `state` is the checkpoint to resume from."""
     last_path = out / "last.pt"
     gpu.set_deterministic(cfg.deterministic)
-    ctx, device = dist_lib.setup(resolve_device(cfg.device))
+    ctx, device = dist_lib.setup(gpu.resolve_device(cfg.device))
     if cfg.cuda_graphs == "step" and ctx.active:
         raise UserError("cuda_graphs=step cannot record DistributedDataParallel's gradient all-reduce; "
                         "under torchrun use --set cuda_graphs=attack")
@@ -419,8 +345,8 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
             "in_channels": ds.in_channels, "data_sha256": runs.data_checksum(ds.train, ds.val)}
     teacher = None
     if needs_teacher(cfg):
-        teacher = load_teacher(cfg, ds, out).to(device)
-        meta["teacher_sha256"] = runs.sha256(teacher_path(cfg, out))
+        teacher = loading.load_teacher(cfg, ds, beside=out.parent).to(device)
+        meta["teacher_sha256"] = runs.sha256(loading.teacher_path(cfg, beside=out.parent))
     if state is not None:
         _check_same_inputs(state["meta"], meta, out)
     meta |= provenance(device)
