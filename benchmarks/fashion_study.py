@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from rslad_kit import config, data, evaluate, loading, runs, stats, train
+from rslad_kit import config, data, evaluate, loading, runs, soft_labels, stats, train
 
 STUDY_SEEDS = (100, 101, 102)
 CONFIRM_SEEDS = tuple(range(300, 306))
@@ -90,7 +90,7 @@ def matched_smoothing(teacher_dir: Path, ds: data.Dataset) -> tuple[float, float
     teacher = loading.load_model(teacher_dir)
     with torch.no_grad():
         probs = torch.cat([torch.softmax(teacher(x), 1) for x in ds.train.x.split(500)])
-    target = train.soft_label_stats(probs, ds.train.y)["entropy"]
+    target = soft_labels.soft_label_stats(probs, ds.train.y)["entropy"]
     c = ds.num_classes
 
     def entropy(s: float) -> float:

@@ -27,7 +27,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rslad_kit import attacks, data, evaluate, gpu, models, reproduce, runs, saliency, train
+from rslad_kit import attacks, data, evaluate, gpu, models, reproduce, runs, saliency
+from rslad_kit import soft_labels as labels_lib
 from rslad_kit import teacher_study as study_lib
 from rslad_kit.config import PRESETS
 from rslad_kit.errors import UserError
@@ -489,9 +490,9 @@ def _figure3(plan, teacher, natural, test, ds, out: Path) -> list[Path]:
                                     generator=torch.Generator(test.x.device).manual_seed(0)),
                        ds.train.y[:len(test)].to(test.x.device))}
     classes = SOFT_LABEL_CLASSES[plan.dataset]
-    probs = {view: train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
+    probs = {view: labels_lib.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
              for view, (x, y) in views.items()}
-    stats = {view: train.soft_label_class_stats(probs[view], y, classes) for view, (_, y) in views.items()}
+    stats = {view: labels_lib.soft_label_class_stats(probs[view], y, classes) for view, (_, y) in views.items()}
     fig = soft_labels(probs["test"], test.y, classes, ds.classes, stats["test"],
                       training=(probs["train"], views["train"][1], stats["train"]))
     return [*save(fig, out / "figure3_soft_labels"),
