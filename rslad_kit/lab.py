@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from rslad_kit import attacks as atk
 from rslad_kit import config, data, evaluate, figures, gpu, loading, models, runs, saliency, solutions, teacher_study, train
 from rslad_kit.errors import UserError
-from rslad_kit.losses import METHODS, entropy, rslad_loss
+from rslad_kit.losses import METHODS, entropy, loads_teacher, rslad_loss
 
 # The presets a notebook's SCALE may name (config.PRESETS). smoke: what CI runs; two epochs of the
 # classroom. A new classroom preset is one more name here and its entry in QUICK_STUDY.
@@ -152,7 +152,7 @@ class Lab:
         """`cfg` with its teacher "teacher" / "teacher-natural" naming the folder that holds this lab's
         teacher of that kind (a student of a 3-epoch teacher is another run than one of the full teacher)."""
         kind = cfg.teacher
-        if kind not in ("teacher", "teacher-natural") or not train.needs_teacher(cfg):
+        if kind not in ("teacher", "teacher-natural") or not loads_teacher(cfg):
             return cfg
         recipe = self.teacher_config(kind)
         if isinstance(recipe, str):   # a RobustBench teacher: a file, not a run folder
@@ -180,7 +180,7 @@ class Lab:
 
     def train(self, cfg: config.TrainConfig, name: str, *, curves: bool = False) -> nn.Module:
         """`trained` in `folder(cfg, name)`; trains this scale's teacher first when `cfg` reads it."""
-        if cfg.teacher in ("teacher", "teacher-natural") and train.needs_teacher(cfg):
+        if cfg.teacher in ("teacher", "teacher-natural") and loads_teacher(cfg):
             self.teacher(cfg.teacher)
         cfg = self.resolve(cfg)
         return trained(cfg, self.folder(cfg, name), dataset=self.dataset(), curves=curves).to(self.device)
@@ -573,7 +573,7 @@ def describe(cfg: config.TrainConfig | str) -> str:
     if isinstance(cfg, str):   # a RobustBench teacher: nothing to train
         return f"{cfg} (a pretrained file, not trained here)"
     a = cfg.attack
-    teacher = f", distilled from {cfg.teacher}" if cfg.teacher and train.needs_teacher(cfg) else ""
+    teacher = f", distilled from {cfg.teacher}" if cfg.teacher and loads_teacher(cfg) else ""
     return (f"{cfg.method} · {cfg.model} on {cfg.dataset} · {cfg.epochs} epochs · eps {a.eps:.4g}, "
             f"PGD-{a.steps} step {a.step_size:.3g}{teacher}")
 

@@ -20,7 +20,7 @@ import torch
 from rslad_kit import evaluate as evaluate_lib
 from rslad_kit import models
 from rslad_kit.config import PlanConfig, TrainConfig
-from rslad_kit.losses import METHODS
+from rslad_kit.losses import attack_objective
 
 PAPER_METHODS = ("natural", "sat", "trades", "mart", "ard", "iad", "rslad")
 WHITE_BOX = evaluate_lib.PAPER_ATTACKS                     # Tables 2, 3, 4, 6
@@ -118,7 +118,7 @@ class Plan:
 
 def estimate_cost(cfg: TrainConfig) -> float:
     """Relative training cost: epochs x (attack steps + forwards) x model size (parameters)."""
-    passes = 1 + (cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0)
+    passes = 1 + (cfg.attack.steps if attack_objective(cfg) != "none" else 0)
     with torch.device("meta"):
         size = sum(p.numel() for p in models.build(cfg.model, 10, in_channels=1 if cfg.dataset == "digits" else 3)
                    .parameters())

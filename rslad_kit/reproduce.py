@@ -41,7 +41,7 @@ from rslad_kit import gpu, loading, models, runs, train
 from rslad_kit import report
 from rslad_kit.config import PRESETS, SHIPPED_TEACHERS, TrainConfig, override, preset, to_dict
 from rslad_kit.errors import UserError
-from rslad_kit.losses import METHODS
+from rslad_kit.losses import METHODS, attack_objective
 from rslad_kit.plan import (ABLATIONS, BLACK_BOX, CHECKS, PAPER_METHODS, SLOW_ATTACKS, SOFT_LABEL_ATTACKS,
                             WHITE_BOX, Plan, Task)
 
@@ -451,7 +451,7 @@ def estimate_seconds(plan: Plan, workers: int) -> str:
         key = (cfg.model, cfg.batch_size)
         if key not in per_pass:
             per_pass[key] = _time_pass(cfg.model, cfg.batch_size, channels, side, classes)
-        attack = cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0
+        attack = cfg.attack.steps if attack_objective(cfg) != "none" else 0
         steps = math.ceil(n_train / cfg.batch_size) * (attack + 2)       # attack + outer forwards
         validation = math.ceil(n_val / cfg.batch_size) * 21              # clean + PGD-20
         core_seconds += cfg.epochs * (steps + validation) * per_pass[key]

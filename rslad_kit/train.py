@@ -36,12 +36,9 @@ from rslad_kit import gpu, graphs, loading, models, runs
 from rslad_kit.config import TrainConfig, from_dict, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.evaluate import evaluate
-from rslad_kit.losses import METHODS
+from rslad_kit.losses import METHODS, OBJECTIVES, attack_objective, loads_teacher
 from rslad_kit.runs import provenance, save, write_text
 from rslad_kit.soft_labels import soft_labels
-
-OBJECTIVES = ("none", "ce", "kl_self", "kl_teacher")
-
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -88,7 +85,7 @@ def loss_terms(
     in notebooks/03_table1_losses.ipynb, which prints these terms for every row of Table 1.
     """
     method = METHODS[cfg.method]
-    objective = cfg.objective or method.attack
+    objective = attack_objective(cfg)
     # inside a captured step, autocast's cache of bf16 weights must not outlive the capture
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
                               cache_enabled=cfg.cuda_graphs != "step")
@@ -177,7 +174,7 @@ def check_config(cfg: TrainConfig) -> None:
     data_lib.check_name(cfg.dataset)
     models.check_name(cfg.model)
     method = METHODS[cfg.method]
-    objective = cfg.objective or method.attack
+    objective = attack_objective(cfg)
     if objective not in OBJECTIVES:
         raise UserError(f"unknown inner objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     unknown = sorted(set(cfg.loss_params) - set(method.defaults))
@@ -186,7 +183,7 @@ def check_config(cfg: TrainConfig) -> None:
                         f"{', '.join(method.defaults) or 'none'}")
     if cfg.soft_labels not in ("teacher", "smooth"):
         raise UserError(f"unknown soft_labels {cfg.soft_labels!r}; use 'teacher' (RSL/NSL) or 'smooth' (SSL)")
-    if needs_teacher(cfg) and not cfg.teacher:
+    if loads_teacher(cfg) and not cfg.teacher:
         raise UserError(f"{cfg.method} distils from a teacher but none was given; pass --teacher "
                         "(a checkpoint, robustbench:<name> or a run folder)")
     atk.check_eps(cfg.attack.eps)
@@ -209,13 +206,6 @@ def check_config(cfg: TrainConfig) -> None:
     for name, value in (("weight_decay", cfg.weight_decay), ("momentum", cfg.momentum)):
         if not (math.isfinite(value) and value >= 0):
             raise UserError(f"{name}={value}; pass a number >= 0 (e.g. --set {name}=0)")
-
-
-def needs_teacher(cfg: TrainConfig) -> bool:
-    """Whether the run reads a teacher (SSL builds its soft labels from y instead)."""
-    method = METHODS[cfg.method]
-    reads_soft_labels = "t_nat" in method.inputs or (cfg.objective or method.attack) == "kl_teacher"
-    return "t_adv" in method.inputs or (reads_soft_labels and cfg.soft_labels == "teacher")
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -303,7 +293,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     meta = {"config": to_dict(cfg), "seed": cfg.seed, "num_classes": ds.num_classes,
             "in_channels": ds.in_channels, "data_sha256": runs.data_checksum(ds.train, ds.val)}
     teacher = None
-    if needs_teacher(cfg):
+    if loads_teacher(cfg):
         teacher = loading.load_teacher(cfg, ds, beside=out.parent).to(device)
         meta["teacher_sha256"] = runs.sha256(loading.teacher_path(cfg, beside=out.parent))
     if state is not None:
@@ -394,7 +384,7 @@ def make_graphs(cfg: TrainConfig, student: nn.Module, teacher: nn.Module | None,
     not check that each batch lies in [0,1] (a wait for the device): check the images beforehand."""
     if cfg.cuda_graphs == "off":
         return None, None
-    objective = partial(inner_objective, cfg.objective or METHODS[cfg.method].attack, student)
+    objective = partial(inner_objective, attack_objective(cfg), student)
     if cfg.cuda_graphs == "attack":
         return graphs.GraphedPGD(student, cfg.attack, objective, bf16=cfg.bf16, check=False), None
     attack = graphs.capturable_attack(student, cfg.attack, objective, bf16=cfg.bf16)
