@@ -79,19 +79,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.surrogate:
         surrogate = loading.load_model(args.surrogate, arch=args.surrogate_model, num_classes=ds.num_classes,
                                        in_channels=ds.in_channels).to(device)
-    checkpoint_sha256 = runs.sha256(args.checkpoint)
     state = None
     if args.json and "autoattack" in attacks:   # AutoAttack's progress, beside the results: a rerun resumes
         state = Path(args.json).with_name(f".{Path(args.json).name}.autoattack-"
-                                          f"{checkpoint_sha256[:12]}-eps{args.eps:.6g}.pt")
+                                          f"{runs.sha256(args.checkpoint)[:12]}-eps{args.eps:.6g}.pt")
         state.parent.mkdir(parents=True, exist_ok=True)
-    row = evaluate.evaluate(model, ds.test.to(device), attacks, eps=args.eps, n=args.n,
-                            batch_size=args.batch_size, surrogate=surrogate, autoattack_state=state)
+    row = evaluate.evaluate_checkpoint(model, args.checkpoint, ds.test, attacks, eps=args.eps, device=device,
+                                       config={k: v for k, v in vars(args).items() if k != "func"}, n=args.n,
+                                       batch_size=args.batch_size, surrogate=surrogate, autoattack_state=state)
     _print_row(row, attacks)
-    row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset,
-            "checkpoint_sha256": checkpoint_sha256, "seed": 0,
-            "config": {k: v for k, v in vars(args).items() if k != "func"},
-            "data_sha256": runs.data_checksum(ds.test.take(args.n)), **runs.provenance(device)}
+    row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset}
     if args.surrogate:
         row["surrogate_sha256"] = runs.sha256(loading.checkpoint_path(args.surrogate))
     if args.json:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from rslad_kit import attacks as atk
+from rslad_kit import runs
+from rslad_kit.data import Split
 from rslad_kit.errors import UserError
 
 GRADIENT_ATTACKS = tuple(atk.WHITE_BOX)
@@ -121,6 +123,24 @@ def evaluate(
         if check["fired"]:
             warn(check["detail"])
     return row
+
+
+def evaluate_checkpoint(model: nn.Module, checkpoint: str | Path, split: Split, attacks: Iterable[str], *,
+                        eps: float, device: torch.device, config: dict[str, Any], seed: int = 0,
+                        n: int | None = None, **options: Any) -> dict:
+    """`evaluate` of `model`, read from the file `checkpoint`, on the first `n` examples of `split` (on
+    the host; evaluated on `device`), with what the row was computed from: the file's SHA-256
+    (`checkpoint_sha256`), the settings (`config`, `seed`), the examples' SHA-256 (`data_sha256`) and
+    the code and machine (runs.provenance). `options` go to `evaluate`. What `rslad-kit evaluate` and
+    `reproduce` record of every evaluation."""
+    row = evaluate(model, split.to(device), attacks, eps=eps, n=n, **options)
+    return row | {"checkpoint_sha256": runs.sha256(checkpoint)} | computed_from(split.take(n), device, config, seed)
+
+
+def computed_from(split: Split, device: torch.device, config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What a result was computed from: its settings, the SHA-256 of its examples (`split`, on the host:
+    the same bytes as on the device, without a copy back), the code and the machine."""
+    return {"config": config, "seed": seed, "data_sha256": runs.data_checksum(split), **runs.provenance(device)}
 
 
 # --- gradient masking ------------------------------------------------------------------------------

@@ -212,7 +212,6 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         return
     cfg = plan.runs.get(run) or plan.base
     ds = _dataset_for(cfg)
-    test = ds.test.to(device)
     surrogate = None
     if any(a.startswith("transfer") for attacks in task.checkpoints.values() for a in attacks):
         surrogate = load_for_eval(plan, "surrogate", "best", device)
@@ -227,9 +226,10 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         # AutoAttack keeps its progress in a state file, so an interrupted evaluation resumes.
         state = plan.out / "evals" / f".{run}.{ckpt}.e{epoch}.autoattack-state.pt"
         state.parent.mkdir(parents=True, exist_ok=True)
-        row = evaluate_lib.evaluate(model, test, todo, eps=plan.eps, surrogate=surrogate, autoattack_state=state,
-                                    autoattack_only=plan.plan.autoattack,
-                                    square_queries=plan.plan.square_queries) if todo else {}
+        row = evaluate_lib.evaluate_checkpoint(
+            model, checkpoint_file(plan, run, ckpt), ds.test, todo, eps=plan.eps, device=device, config=to_dict(cfg),
+            seed=cfg.seed, surrogate=surrogate, autoattack_state=state, autoattack_only=plan.plan.autoattack,
+            square_queries=plan.plan.square_queries) if todo else {}
         state.unlink(missing_ok=True)
         scores = cached | {a: row[a] for a in todo}
         by_epoch.setdefault(epoch, {}).update(scores)
@@ -239,9 +239,8 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         entry["sha256"] = sums[ckpt] or runs.sha256(checkpoint_file(plan, run, ckpt))   # read above
         entry.setdefault("seconds", {}).update(row.get("seconds", {}))
         entry["warnings"] = sorted(set(entry.get("warnings", [])) | set(row.get("warnings", [])))
-    done["provenance"] = runs.provenance(device) | {
-        "n": len(test), "eps": plan.eps, "preset": plan.preset, "config": to_dict(cfg), "seed": cfg.seed,
-        "data_sha256": runs.data_checksum(ds.test)}   # the host copy: the same bytes, no copy back
+    done["provenance"] = ({"n": len(ds.test), "eps": plan.eps, "preset": plan.preset}
+                          | evaluate_lib.computed_from(ds.test, device, to_dict(cfg), cfg.seed))
     runs.write_text(path, json.dumps(done, indent=1))
 
 
