@@ -31,7 +31,9 @@ from rslad_kit import attacks, data, evaluate, gpu, models, reproduce, runs, sal
 from rslad_kit import soft_labels as labels_lib
 from rslad_kit import teacher_study as study_lib
 from rslad_kit.config import PRESETS
+from rslad_kit.evaluate import attack_label
 from rslad_kit.errors import UserError
+from rslad_kit.plan import run_label
 
 # seaborn's colour-blind palette, one colour per method, fixed so a method looks the same everywhere.
 _PALETTE = sns.color_palette("colorblind", 10)
@@ -52,13 +54,6 @@ COLORS: dict[str, tuple[float, float, float]] = {
     "NSL": _PALETTE[7],
     "SSL": _PALETTE[9],
 }
-LABELS = {"teacher": "Teacher", "natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART",
-          "ard": "ARD", "iad": "IAD", "rslad": "RSLAD", "random-init": "Random init",
-          "teacher-reseeded": "2nd teacher"}
-ATTACK_LABELS = {"clean": "clean", "pgd_trades": "PGD_TRADES", "autoattack": "AutoAttack", "pgd_sat": "PGD_SAT",
-                 "fgsm": "FGSM", "cw": "CW∞"}
-
-
 def color(name: str) -> tuple[float, float, float]:
     """The colour of a method (or soft-label type); other names get a stable colour of their own."""
     return COLORS.get(name) or _PALETTE[sum(map(ord, name)) % len(_PALETTE)]
@@ -88,10 +83,6 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
 
 
-def _label(name: str) -> str:
-    return LABELS.get(name, name)
-
-
 # --- Figure 2: attention and saliency maps ---------------------------------------------------------
 
 @styled
@@ -114,7 +105,7 @@ def attention_maps(maps: Mapping[str, Mapping[str, Tensor]], *, images: int = 4,
                 suffix = f" (image {i + 1})" if images > 1 else ""
                 cam_ax.set_title("Grad-CAM" + suffix, fontsize="small")
                 sal_ax.set_title("SmoothGrad" + suffix, fontsize="small")
-        axes[r, 0].set_ylabel(_label(name), color=color(name), fontweight="bold")
+        axes[r, 0].set_ylabel(run_label(name), color=color(name), fontweight="bold")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -142,7 +133,7 @@ def map_similarity(rows: Sequence[Mapping[str, Any]], differences: Sequence[Mapp
         for bar, r in zip(bars, sel):
             if r.get("role", "student") != "student":
                 bar.set_hatch("//")
-        ax.set_xticks(range(len(sel)), [_label(n) for n in names], rotation=30 if len(sel) > 4 else 0)
+        ax.set_xticks(range(len(sel)), [run_label(n) for n in names], rotation=30 if len(sel) > 4 else 0)
         ax.set_title("Grad-CAM" if kind == "gradcam" else "SmoothGrad")
         ax.axhline(0, color="black", linewidth=0.8)
     axes[0, 0].set_ylabel("Spearman ρ with the teacher")
@@ -153,7 +144,7 @@ def map_similarity(rows: Sequence[Mapping[str, Any]], differences: Sequence[Mapp
         err = np.array([[d["mean"] - d["low"], d["high"] - d["mean"]] if d["low"] is not None else [0, 0]
                         for d in sel]).T.reshape(2, -1)
         ax.bar(range(len(sel)), means, color=color("rslad"), yerr=err, capsize=4)
-        ax.set_xticks(range(len(sel)), [f"{_label(d['of'])} − {_label(d['minus'])}" for d in sel])
+        ax.set_xticks(range(len(sel)), [f"{run_label(d['of'])} − {run_label(d['minus'])}" for d in sel])
         ax.axhline(0, color="black", linewidth=0.8)
     if differences:
         axes[1, 0].set_ylabel("paired difference in ρ")
@@ -240,7 +231,7 @@ def teacher_study(study: Mapping[str, Any]) -> Figure:
     ax.set_xticks(x, [r["teacher"] + (f"\n{_count(r['params'])}" if r.get("params") else "") for r in rows])
     ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.set_xlabel("teacher (parameters)")
-    ax.set_ylabel(f"{ATTACK_LABELS.get(study['attack'], study['attack'])} accuracy (%), eps {study['eps']:.3g}")
+    ax.set_ylabel(f"{attack_label(study['attack'])} accuracy (%), eps {study['eps']:.3g}")
     handles, labels = ax.get_legend_handles_labels()
     patches = [matplotlib.patches.Patch(color=colour, alpha=0.25, label=f"robust {region}")
                for region, colour in regions.items() if study[region]]
@@ -300,9 +291,9 @@ def robust_vs_clean(points: Mapping[str, Mapping[str, Sequence[float]]], *, atta
             continue
         sd = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)
         ax.errorbar(clean.mean(), robust.mean(), xerr=sd(clean), yerr=sd(robust), fmt="o", capsize=4,
-                    color=color(name), label=f"{_label(name)} (n={len(robust)})")
+                    color=color(name), label=f"{run_label(name)} (n={len(robust)})")
     ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel(f"{ATTACK_LABELS.get(attack, attack)} accuracy (%)")
+    ax.set_ylabel(f"{attack_label(attack)} accuracy (%)")
     ax.legend(fontsize="small")
     fig.suptitle(title or "Robustness against clean accuracy\n(mean ± sd over seeds)")
     return fig
@@ -324,7 +315,7 @@ def adversarial_examples(x: Tensor, x_adv: Tensor, y: Tensor, predictions: Mappi
             if i == 0:
                 ax.set_title(name, fontsize="small")
         axes[i, 0].set_ylabel(f"label {class_names[int(y[i])]}", fontsize="small")
-        text = "\n".join(f"{_label(m)}: {class_names[int(p[i])]}" for m, p in predictions.items())
+        text = "\n".join(f"{run_label(m)}: {class_names[int(p[i])]}" for m, p in predictions.items())
         ok = [int(p[i]) == int(y[i]) for p in predictions.values()]
         axes[i, 3].axis("off")
         axes[i, 3].text(0.0, 0.5, text, transform=axes[i, 3].transAxes, va="center", fontsize="x-small",
@@ -341,13 +332,13 @@ def eps_curves(eps: Sequence[float], curves: Mapping[str, Sequence[float]], *, a
     fig, axes = _figure(1, 1, 5.5, 4.0)
     ax = axes[0, 0]
     for name, acc in curves.items():
-        ax.plot(eps, acc, "o-", color=color(name), label=_label(name))
+        ax.plot(eps, acc, "o-", color=color(name), label=run_label(name))
     if train_eps is not None:
         ax.axvline(train_eps, color="gray", linestyle=":", label="training eps")
     ax.set_xlabel("eps (pixel scale [0, 1])")
-    ax.set_ylabel(f"{ATTACK_LABELS.get(attack, attack)} accuracy (%)")
+    ax.set_ylabel(f"{attack_label(attack)} accuracy (%)")
     ax.legend(fontsize="small")
-    fig.suptitle(title or f"Robustness against eps ({ATTACK_LABELS.get(attack, attack)})")
+    fig.suptitle(title or f"Robustness against eps ({attack_label(attack)})")
     return fig
 
 
@@ -555,7 +546,7 @@ def similarity_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, An
              "| model | role | map | mean | 95% interval | images | seeds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         interval = "—" if math.isnan(r["low"]) else f"[{r['low']:.3f}, {r['high']:.3f}]"
-        lines.append(f"| {_label(r['student'])} | {r.get('role', 'student')} | "
+        lines.append(f"| {run_label(r['student'])} | {r.get('role', 'student')} | "
                      f"{'Grad-CAM' if r['map'] == 'gradcam' else 'SmoothGrad'} | "
                      f"{r['mean']:.3f} | {interval} | {r['images']} | {r['seeds']} |")
     if differences:
@@ -564,7 +555,7 @@ def similarity_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, An
                   "| difference | map | mean | 95% interval | seeds |", "|---|---|---|---|---|"]
         for d in differences:
             interval = "—" if d["low"] is None else f"[{d['low']:+.3f}, {d['high']:+.3f}]"
-            lines.append(f"| {_label(d['of'])} − {_label(d['minus'])} | "
+            lines.append(f"| {run_label(d['of'])} − {run_label(d['minus'])} | "
                          f"{'Grad-CAM' if d['map'] == 'gradcam' else 'SmoothGrad'} | {d['mean']:+.3f} | {interval} | "
                          f"{d['seeds']} |")
     return "\n".join(lines) + "\n"

@@ -17,17 +17,28 @@ from pathlib import Path
 
 import torch
 
-from rslad_kit import evaluate as evaluate_lib
 from rslad_kit import models
 from rslad_kit.config import PlanConfig, TrainConfig
+from rslad_kit.evaluate import PAPER_ATTACKS   # the paper's white-box attacks: Tables 2, 3, 4, 6
 from rslad_kit.losses import attack_objective
 
 PAPER_METHODS = ("natural", "sat", "trades", "mart", "ard", "iad", "rslad")
-WHITE_BOX = evaluate_lib.PAPER_ATTACKS                     # Tables 2, 3, 4, 6
 BLACK_BOX = ("transfer_pgd", "transfer_cw", "square")      # Table 5
 SOFT_LABEL_ATTACKS = ("clean", "pgd_trades", "autoattack")  # Table 7
-CHECKS = WHITE_BOX + ("pgd_large_eps",)                   # best checkpoints: the tables' attacks + the large-eps check
+CHECKS = PAPER_ATTACKS + ("pgd_large_eps",)               # best checkpoints: the tables' attacks + the large-eps check
 SLOW_ATTACKS = ("autoattack", "square")                     # query-bound: a fixed cost per model on a CPU
+
+# How tables and figures name a method, a Table 6 row or a helper run (evaluate.attack_label names attacks).
+LABELS = {"natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART", "ard": "ARD", "iad": "IAD",
+          "rslad": "RSLAD", "ard-300": "ARD-300", "ard_min+rslad_max": "ARD_min + RSLAD_max",
+          "rslad_min+ard_max": "RSLAD_min + ARD_max", "teacher": "Teacher", "random-init": "Random init",
+          "teacher-reseeded": "2nd teacher"}
+
+
+def run_label(name: str) -> str:
+    """How tables and figures name a method, row or run ("rslad" -> "RSLAD"); other names as given."""
+    return LABELS.get(name, name)
+
 
 # Table 6: (outer-minimisation method, inner-maximisation method), all under RSLAD's schedule.
 ABLATIONS = {

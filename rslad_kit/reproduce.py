@@ -42,8 +42,8 @@ from rslad_kit import report
 from rslad_kit.config import PRESETS, SHIPPED_TEACHERS, TrainConfig, override, preset, to_dict
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS, attack_objective
-from rslad_kit.plan import (ABLATIONS, BLACK_BOX, CHECKS, PAPER_METHODS, SLOW_ATTACKS, SOFT_LABEL_ATTACKS,
-                            WHITE_BOX, Plan, Task)
+from rslad_kit.plan import (ABLATIONS, BLACK_BOX, CHECKS, PAPER_ATTACKS, PAPER_METHODS, SLOW_ATTACKS,
+                            SOFT_LABEL_ATTACKS, Plan, Task)
 
 def _student_cfg(p: str, row: str, student: str, seed: int, teacher: str) -> TrainConfig:
     """The config of one Table 3/6/7 row."""
@@ -96,11 +96,11 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     plan.need("teacher", "best", CHECKS)   # a zoo teacher is evaluated from its file
     if 7 in pc.tables:
         plan.runs["teacher-natural"] = override(preset(p, "natural", **overrides), **pc.natural_teacher)
-        plan.need("teacher-natural", "best", WHITE_BOX)
+        plan.need("teacher-natural", "best", PAPER_ATTACKS)
     if 5 in pc.tables:
         plan.runs["surrogate"] = override(preset(p, pc.surrogate["method"], **overrides), **pc.surrogate,
                                           seed=10_000)   # its own seed: a different model from any student
-        plan.need("surrogate", "best", tuple(a for a in WHITE_BOX if a not in SLOW_ATTACKS))
+        plan.need("surrogate", "best", tuple(a for a in PAPER_ATTACKS if a not in SLOW_ATTACKS))
 
     def add_row(table: int, student: str, row: str, seed: int, ckpts: dict[str, tuple[str, ...]],
                 new_runs: bool = True) -> None:
@@ -120,7 +120,7 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
         for seed in plan.seeds:
             if white_box_table in pc.tables:
                 for m in plan.methods:
-                    add_row(white_box_table, student, m, seed, {"best": CHECKS, "last": WHITE_BOX})
+                    add_row(white_box_table, student, m, seed, {"best": CHECKS, "last": PAPER_ATTACKS})
             if 5 in pc.tables:
                 for m in plan.methods:
                     if METHODS[m].attack != "none":
@@ -130,7 +130,7 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
             if 6 in pc.tables:
                 extra = [m for m in plan.methods if m not in PAPER_METHODS]
                 for row in (*ABLATIONS, *extra):
-                    add_row(6, student, row, seed, {"best": WHITE_BOX},
+                    add_row(6, student, row, seed, {"best": PAPER_ATTACKS},
                             new_runs=seed < (pc.ablation_seeds or len(plan.seeds)))
             if 7 in pc.tables:
                 for m in distilling:
