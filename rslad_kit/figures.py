@@ -395,7 +395,7 @@ def write_all(results: str | Path, out: str | Path, *, images: int = 200, agains
     plan = _results_plan(folder, data_root=data_root)
     table = 4 if plan.dataset == "cifar100" else 3
     by_method = {m: plan.rows.get((table, plan.plan.students[0], m), []) for m in plan.methods}  # method -> by seed
-    seeds = [s for s, run in enumerate(by_method.get("rslad", [])) if (plan.out / "runs" / run / "best.pt").is_file()]
+    seeds = [s for s, run in enumerate(by_method.get("rslad", [])) if (plan.run_dir(run) / "best.pt").is_file()]
     soft = 7 in plan.plan.tables
     ceiling = "teacher-reseeded" in plan.runs   # Figure 2's second teacher (a kit-trained teacher only)
     needed = ["teacher", *(["teacher-natural"] if soft else []), *(["teacher-reseeded"] if ceiling else []),
@@ -501,7 +501,7 @@ def _kit_plots(plan, teacher, by_method, test, class_names, out: Path) -> list[P
     """Training curves and adversarial examples of seed 0; robust vs clean over seeds; eps curves."""
     first = {"teacher": teacher} | {m: reproduce.load_for_eval(plan, by_seed[0], "best", test.x.device)
                                     for m, by_seed in by_method.items() if by_seed}
-    metrics = {m: runs.history(plan.out / "runs" / by_seed[0]) for m, by_seed in by_method.items() if by_seed}
+    metrics = {m: runs.history(plan.run_dir(by_seed[0])) for m, by_seed in by_method.items() if by_seed}
     evals = plan.evals()
 
     def best(run_names: list[str], attack: str) -> list[float]:

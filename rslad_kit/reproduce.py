@@ -43,7 +43,7 @@ from rslad_kit.config import PRESETS, SHIPPED_TEACHERS, TrainConfig, override, p
 from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS, attack_objective
 from rslad_kit.plan import (ABLATIONS, BLACK_BOX, CHECKS, PAPER_ATTACKS, PAPER_METHODS, SLOW_ATTACKS,
-                            SOFT_LABEL_ATTACKS, Plan, Task)
+                            SOFT_LABEL_ATTACKS, Plan, Schedule, Task, waves)
 
 def _student_cfg(p: str, row: str, student: str, seed: int, teacher: str) -> TrainConfig:
     """The config of one Table 3/6/7 row."""
@@ -159,7 +159,7 @@ def _spec(plan: Plan, run: str, ckpt: str) -> str | Path:
         return plan.teacher_spec
     if run in plan.zoo:   # a RobustBench teacher under another run name (the teacher study's ladder)
         return plan.zoo[run]
-    return plan.out / "runs" / run / f"{ckpt}.pt"
+    return plan.run_dir(run) / f"{ckpt}.pt"
 
 
 def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
@@ -192,7 +192,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
     """Do one task, unless its result is already on disk."""
     device = gpu.resolve_device(plan.base.device)
     if task.kind == "train":
-        out = plan.out / "runs" / task.name
+        out = plan.run_dir(task.name)
         if runs.is_finished(out):
             recorded = runs.checkpoint_info(out / "last.pt")["meta"].get("teacher_sha256")
             if recorded:   # a finished student still matches its teacher's file
@@ -204,11 +204,11 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         return
 
     run = task.name.removeprefix("eval:")
-    path = plan.out / "evals" / f"{run}.json"
+    path = plan.eval_file(run)
     done = json.loads(path.read_text()) if path.is_file() else {}
     sums = {ckpt: _check_unchanged(done.get(ckpt, {}).get("sha256"), checkpoint_file(plan, run, ckpt), path)
             for ckpt in task.checkpoints}
-    if all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items()):
+    if plan.is_done(task):
         return
     cfg = plan.runs.get(run) or plan.base
     ds = _dataset_for(cfg)
@@ -224,7 +224,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         cached = {a: v for a, v in by_epoch.get(epoch, {}).items() if a in missing}
         todo = [a for a in missing if a not in cached]
         # AutoAttack keeps its progress in a state file, so an interrupted evaluation resumes.
-        state = plan.out / "evals" / f".{run}.{ckpt}.e{epoch}.autoattack-state.pt"
+        state = plan.evals_dir / f".{run}.{ckpt}.e{epoch}.autoattack-state.pt"
         state.parent.mkdir(parents=True, exist_ok=True)
         row = evaluate_lib.evaluate_checkpoint(
             model, checkpoint_file(plan, run, ckpt), ds.test, todo, eps=plan.eps, device=device, config=to_dict(cfg),
@@ -245,7 +245,7 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
 
 
 def _epoch(plan: Plan, run: str, ckpt: str) -> int | None:
-    path = plan.out / "runs" / run / f"{ckpt}.pt"
+    path = plan.run_dir(run) / f"{ckpt}.pt"
     return runs.checkpoint_info(path)["epoch"] if path.is_file() else None
 
 
@@ -294,14 +294,12 @@ def task_log(plan: Plan, task: Task):
 
 def _critical_path(tasks: list[Task]) -> dict[str, float]:
     """Each task's cost plus the longest chain of tasks waiting on it: run the long chains first."""
-    waiting = {t.name: [u for u in tasks if t.name in u.needs] for t in tasks}
-
-    @functools.cache
-    def length(name: str) -> float:
-        return cost[name] + max((length(u.name) for u in waiting[name]), default=0.0)
-
-    cost = {t.name: t.cost for t in tasks}
-    return {t.name: length(t.name) for t in tasks}
+    waiting = {t.name: [u.name for u in tasks if t.name in u.needs] for t in tasks}
+    length: dict[str, float] = {}
+    for wave in reversed(waves(tasks)):   # a task's waiting tasks lie in later waves (a cycle raises)
+        for t in wave:
+            length[t.name] = t.cost + max((length[u] for u in waiting[t.name]), default=0.0)
+    return length
 
 
 def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> None:
@@ -311,20 +309,15 @@ def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> N
     tasks.sort(key=lambda t: -priority[t.name])
     bar = tqdm(total=len(tasks), desc=f"reproduce {plan.preset}", disable=not progress, position=0,
                dynamic_ncols=True)
-    done: set[str] = set()
-
-    def ready(pending: list[Task]) -> list[Task]:
-        return [t for t in pending if set(t.needs) <= done]
-
-    pending = list(tasks)
+    schedule = Schedule(tasks)
     if workers <= 1:
-        while pending:
-            task = ready(pending)[0]
-            pending.remove(task)
+        while schedule.pending:
+            task = schedule.ready()[0]
+            schedule.start(task)
             bar.set_postfix_str(task.name)
             with task_log(plan, task):
                 run_task(task, plan, position=1, progress=progress)
-            done.add(task.name)
+            schedule.finish(task)
             bar.update()
         bar.close()
         return
@@ -334,9 +327,9 @@ def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> N
                              initargs=(context.RLock(), context.Value("i", 0), gpus)) as pool:
         running: dict[Future, Task] = {}
         try:
-            while pending or running:
-                for task in ready(pending)[: workers - len(running)]:
-                    pending.remove(task)
+            while schedule.pending or running:
+                for task in schedule.ready()[: workers - len(running)]:
+                    schedule.start(task)
                     running[pool.submit(_run_in_worker, task, plan, progress)] = task
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
@@ -347,7 +340,7 @@ def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> N
                         lost = ", ".join(f"{t.name} (log: {log_path(plan, t)})" for t in (task, *running.values()))
                         raise UserError(f"a worker process died (killed, or out of memory) while running {lost}; "
                                         "rerun the same command to resume") from None
-                    done.add(task.name)
+                    schedule.finish(task)
                     bar.update()
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -385,7 +378,7 @@ def describe(plan: Plan) -> str:
              f"tables {', '.join(map(str, plan.plan.tables))}, seeds {len(plan.seeds)}, eps {plan.eps:.4g}",
              f"results in {plan.out}"]
     for name, cfg in plan.runs.items():
-        state = "done" if runs.is_finished(plan.out / "runs" / name) else "to do"
+        state = "done" if runs.is_finished(plan.run_dir(name)) else "to do"
         lines.append(f"  train {name:<34} {cfg.method:>8} {cfg.model:>12} {cfg.epochs:>4} epochs  [{state}]")
     return "\n".join(lines)
 
