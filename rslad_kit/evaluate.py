@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from rslad_kit import attacks as atk
 from rslad_kit import runs
 from rslad_kit.data import Split
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, did_you_mean
 
 
 
@@ -92,7 +92,8 @@ def check_attacks(names: Iterable[str]) -> tuple[str, ...]:
     names = tuple(names)
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
-        raise UserError(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+        raise UserError(f"unknown attack {unknown[0]!r}; {did_you_mean(unknown[0], ATTACKS)}choose from "
+                        f"{', '.join(ATTACKS)}")
     return names
 
 

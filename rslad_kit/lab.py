@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
 from rslad_kit import config, data, evaluate, figures, gpu, loading, models, runs, saliency, solutions, teacher_study, train
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, did_you_mean
 from rslad_kit.losses import METHODS, entropy, loads_teacher, rslad_loss
 
 # The presets a notebook's SCALE may name (config.PRESETS). smoke: what CI runs; two epochs of the
@@ -80,7 +80,8 @@ class Lab:
     def config(self, method: str, **overrides: Any) -> config.TrainConfig:
         """The preset's config of `method` at this scale (a student needing a teacher gets this scale's)."""
         if method not in METHODS:
-            raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+            raise UserError(f"unknown method {method!r}; {did_you_mean(method, METHODS)}choose from "
+                            f"{', '.join(METHODS)}")
         extra = {"epochs": self.epochs} if self.epochs else {}
         if METHODS[method].needs_teacher and "teacher" not in overrides:
             extra["teacher"] = self.teacher_spec

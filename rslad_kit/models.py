@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rslad_kit import runs
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, did_you_mean
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -401,7 +401,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def check_name(name: str) -> None:
     if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise UserError(f"unknown model {name!r}; {did_you_mean(name, MODELS)}choose one of: {', '.join(MODELS)}")
 
 
 def build(name: str, num_classes: int, in_channels: int = 3,

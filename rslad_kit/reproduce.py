@@ -40,7 +40,7 @@ from rslad_kit import evaluate as evaluate_lib
 from rslad_kit import gpu, loading, models, runs, train
 from rslad_kit import report
 from rslad_kit.config import PRESETS, SHIPPED_TEACHERS, TrainConfig, override, preset, to_dict
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, did_you_mean
 from rslad_kit.losses import METHODS, attack_objective
 from rslad_kit.plan import (ABLATIONS, BLACK_BOX, CHECKS, PAPER_ATTACKS, PAPER_METHODS, SLOW_ATTACKS,
                             SOFT_LABEL_ATTACKS, Plan, Schedule, Task, waves)
@@ -71,7 +71,7 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     """
     if p not in PRESETS or PRESETS[p].plan is None:
         known = [name for name, pr in PRESETS.items() if pr.plan is not None]
-        raise UserError(f"unknown preset {p!r} for reproduce; choose from {', '.join(known)}")
+        raise UserError(f"unknown preset {p!r} for reproduce; {did_you_mean(p, known)}choose from {', '.join(known)}")
     pc = PRESETS[p].plan
     if tables:
         pc = replace(pc, tables=tuple(tables))
@@ -86,7 +86,8 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
                 teacher_spec=pc.teacher if isinstance(pc.teacher, str) else "teacher", base=base)
     unknown = [m for m in plan.methods if m not in METHODS]
     if unknown:
-        raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown method {unknown[0]!r}; {did_you_mean(unknown[0], METHODS)}choose from "
+                        f"{', '.join(METHODS)}")
 
     # --- helper models: the robust teacher, the natural teacher (NSL) and the surrogate (Table 5)
     if not isinstance(pc.teacher, str):

@@ -34,7 +34,7 @@ from rslad_kit import data as data_lib
 from rslad_kit import distributed as dist_lib
 from rslad_kit import gpu, graphs, loading, models, runs
 from rslad_kit.config import TrainConfig, from_dict, to_dict
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, did_you_mean
 from rslad_kit.evaluate import evaluate
 from rslad_kit.losses import METHODS, OBJECTIVES, attack_objective, loads_teacher
 from rslad_kit.runs import provenance, save, write_text
@@ -170,7 +170,8 @@ def _num_classes(model: nn.Module, x: Tensor) -> int:
 def check_config(cfg: TrainConfig) -> None:
     """Raise UserError for names and values that cannot work, before anything is written."""
     if cfg.method not in METHODS:
-        raise UserError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown method {cfg.method!r}; {did_you_mean(cfg.method, METHODS)}choose from "
+                        f"{', '.join(METHODS)}")
     data_lib.check_name(cfg.dataset)
     models.check_name(cfg.model)
     method = METHODS[cfg.method]
