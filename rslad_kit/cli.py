@@ -142,20 +142,20 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from rslad_kit import figures
+    from rslad_kit import paper_figures
 
-    written = figures.write_all(args.results, args.out, images=args.images, against=args.against,
-                                data_root=args.data_root)
+    written = paper_figures.write_all(args.results, args.out, images=args.images, against=args.against,
+                                      data_root=args.data_root)
     print(f"wrote {len(written)} files in {args.out}")
 
 
 def cmd_teacher_study(args: argparse.Namespace) -> None:
-    from rslad_kit import figures, teacher_study
+    from rslad_kit import paper_figures, teacher_study
 
     folder = teacher_study.run(args.preset, out=args.out, seeds=args.seeds, dry_run=args.dry_run,
                                workers_per_gpu=args.workers_per_gpu, data_root=args.data_root, device=args.device)
     if not args.dry_run:
-        figures.write_teacher_study(folder)
+        paper_figures.write_teacher_study(folder)
         print((folder / "summary.md").read_text().strip().splitlines()[-1])
         print(f"results and figure4_teacher_study.png/.pdf in {folder}")
 

@@ -274,27 +274,6 @@ class LiveCurves:
         plt.close(self.figure)
 
 
-def perturbation_figure(p: atk.Perturbation) -> Figure:
-    """Three rows per image: x with its prediction, the perturbation (grey = 0), x' with its prediction."""
-    n = len(p.x)
-    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5), squeeze=False, layout="constrained")
-    scale = max(p.max_delta, 1e-12)
-    rows = (("x", p.x, p.pred, None), ("x' - x", 0.5 + p.delta / (2 * scale), None, None),
-            ("x'", p.x_adv, p.pred_adv, p.confidence_adv))
-    for r, (label, images, pred, conf) in enumerate(rows):
-        for i in range(n):
-            ax = axes[r, i]
-            image = images[i].permute(1, 2, 0).squeeze(-1).cpu().clamp(0, 1).numpy()
-            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            if pred is not None:
-                text = f"{pred[i].item()}" + (f" ({conf[i].item():.0%})" if conf is not None else "")
-                ax.set_title(text, color="green" if pred[i] == p.y[i] else "red", fontsize=9)
-        axes[r, 0].set_ylabel(label)
-    fig.suptitle(f"max |x' - x| = {p.max_delta:.3f}")
-    return fig
-
-
 # --- widgets ---------------------------------------------------------------------------------------
 
 class EpsExplorer:
@@ -321,7 +300,7 @@ class EpsExplorer:
         else:
             self.summary = atk.perturbation(self.models[self.model.value], self.x, self.y,
                                             eps=self.slider.value, attack=self.attack.value)
-        self.figure = perturbation_figure(self.summary)   # kept: what the output shows, for tests
+        self.figure = figures.perturbation(self.summary)   # kept: what the output shows, for tests
         with self.output:
             clear_output(wait=True)
             _show(self.figure)

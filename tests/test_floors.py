@@ -15,7 +15,7 @@ ROOT = PACKAGE.parent
 # What models, data and attacks are made of, and what loads and evaluates them: none of it may reach up
 # to the code that trains, plans, reports or draws.
 LOWER = ("errors", "losses", "stats", "config", "data", "models", "attacks", "runs", "gpu", "loading", "evaluate")
-UPPER = ("train", "plan", "reproduce", "report", "figures", "lab", "cli", "sweep", "teacher_study")
+UPPER = ("train", "plan", "reproduce", "report", "figures", "paper_figures", "lab", "cli", "sweep", "teacher_study")
 # Code that trains models (or runs a plan that does); nothing else needs `train`.
 TRAINS = ("reproduce", "lab", "cli")
 
@@ -46,7 +46,12 @@ def test_a_lower_floor_imports_no_upper_one(module):
 
 
 def test_the_floor_test_sees_imports_inside_functions():
-    assert {"train", "reproduce", "figures"} <= imported("cli")
+    assert {"train", "reproduce", "paper_figures"} <= imported("cli")
+
+
+def test_figures_only_draw():
+    """figures.py draws from data; loading checkpoints and computing what it draws is paper_figures'."""
+    assert imported("figures") <= {"attacks", "evaluate", "plan"}
 
 
 def test_only_code_that_trains_imports_train():
@@ -62,7 +67,7 @@ def test_import_rslad_kit_is_cheap_and_the_flat_api_resolves():
             "from rslad_kit import config, data, evaluate, figures, load_model, reproduce, train; "
             "from rslad_kit.loading import load_model as one; assert load_model is one; "
             "assert callable(train.train) and callable(evaluate.evaluate) and callable(reproduce.run); "
-            "assert callable(figures.write_all)")
+            "assert callable(figures.eps_curves)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
