@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", help="torch CPU threads (default: $OMP_NUM_THREADS, else all cores)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("evaluate", help="robust accuracy of a checkpoint under the paper's attacks")
+    attacks = "\n".join(f"  {name:<14} {attack.about}" for name, attack in evaluate.ATTACKS.items())
+    ev = sub.add_parser("evaluate", help="robust accuracy of a checkpoint under the paper's attacks",
+                        epilog=f"attacks:\n{attacks}", formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--model", required=True, help=f"the checkpoint's architecture, {_one_of(models.MODELS)}")
     ev.add_argument("--checkpoint", required=True, help="a .pt file (read with weights_only=True)")
     ev.add_argument("--dataset", required=True, help=_one_of(data.DATASETS))

@@ -124,6 +124,15 @@ def test_train_help_lists_the_presets_and_methods(capsys):
     assert all(name in out for name in config.PRESETS) and all(name in out for name in METHODS)
 
 
+def test_evaluate_help_says_what_each_attack_is(capsys):
+    from rslad_kit import evaluate
+
+    with pytest.raises(SystemExit):
+        cli_module.main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out and attack.about in out for name, attack in evaluate.ATTACKS.items())
+
+
 @pytest.mark.parametrize("argv, hint", [
     (["train", "--preset", "clasroom", "--method", "rslad"], "unknown preset 'clasroom'; did you mean 'classroom'?"),
     (["train", "--preset", "smoke", "--method", "rsald"], "unknown method 'rsald'; did you mean 'rslad'?"),
