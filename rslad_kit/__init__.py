@@ -7,9 +7,10 @@ The flat API, one import line for a script:
 * `load_model(spec, ...)`: a model from a checkpoint, a run folder or run name, `shipped:<name>` or
   `robustbench:<name>` (rslad_kit/loading.py, the one place that loads models);
 * `train.train(cfg, out)`, `evaluate.evaluate(model, split, attacks, eps=...)`, `reproduce.run(preset)`
-  and `figures` (every figure, drawn from data: `figures.eps_curves(...)`): modules, not functions, because each shares its name with the
-  module that holds it, and a function here would be shadowed by the module as soon as the module is
-  imported; a module also keeps its helpers one dot away (`train.train_step`, `evaluate.ATTACKS`);
+  and `figures` (every figure, drawn from data, e.g. `figures.eps_curves(...)`): modules, not
+  functions, because each shares its name with the module that holds it, and a function here would be
+  shadowed by the module as soon as the module is imported; a module also keeps its helpers one dot
+  away (`train.train_step`, `evaluate.ATTACKS`);
 * `config.preset(name, method)` and `data.load(name)`: the settings and the data.
 
 Names are imported on first use, so `import rslad_kit` stays cheap (no torch) and no floor imports a

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
-from rslad_kit import config, data, evaluate, figures, gpu, loading, models, runs, saliency, solutions, teacher_study, train
+from rslad_kit import config, data, evaluate, figures, gpu, loading, models, runs, saliency, solutions, teacher_study
+from rslad_kit import train
 from rslad_kit.errors import UserError, did_you_mean
 from rslad_kit.losses import METHODS, entropy, loads_teacher, rslad_loss
 

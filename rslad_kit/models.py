@@ -18,10 +18,11 @@ Conventions (the whole kit relies on them):
   Where that activation was a function call, it is a weightless module (`relu`, `relu2`), so state dicts
   are unchanged.
 
-RobustBench teachers (loaded by `loading.load_model("robustbench:<name>", ...)`). The kit does not import `robustbench`: PyPI robustbench 1.1.1 cannot
-be imported as released (it imports `autoattack` but depends on `pyautoattack`; it also pins timm and gdown
-and needs setuptools<81). Instead the kit's own architectures read RobustBench's on-disk layout
-`{model_dir}/{dataset}/Linf/{name}.pt`, so one folder of downloaded weights serves both tools.
+RobustBench teachers (`ZOO`; loaded by `loading.load_model("robustbench:<name>", ...)`). The kit does not
+import `robustbench`: PyPI robustbench 1.1.1 cannot be imported as released (it imports `autoattack` but
+depends on `pyautoattack`; it also pins timm and gdown and needs setuptools<81). Instead the kit's own
+architectures read RobustBench's on-disk layout `{model_dir}/{dataset}/Linf/{name}.pt`, so one folder of
+downloaded weights serves both tools.
 
 The CIFAR-100 Gowal et al. WRN-70-16 normalises with CIFAR-100 statistics, as DeepMind's eval script and
 RobustBench do. The official RSLAD script built it with CIFAR-10 statistics; pass
