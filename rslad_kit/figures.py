@@ -339,6 +339,41 @@ def perturbation(p: attacks.Perturbation) -> Figure:
     return fig
 
 
+def rslad_terms(alphas: Sequence[float], curves: Sequence[Mapping[str, Tensor]], terms: Mapping[str, float],
+                alpha: float) -> Figure:
+    """RSLAD's two loss terms (`losses.rslad_loss`): their values at `alpha` as bars, and `curves` (the
+    terms at each of `alphas`) with the paper's alpha = 5/6 marked. What lab.AlphaExplorer redraws."""
+    fig, axes = _figure(1, 2, 4.25, 3)
+    bars, lines = axes[0]
+    labels = ["(1−α)·KL(S(x), T(x))", "α·KL(S(x'), T(x))", "sum"]
+    bars.bar(labels, [terms["kl_nat"], terms["kl_adv"], sum(terms.values())], color=["tab:blue", "tab:red", "grey"])
+    bars.set_title(f"the loss at α = {alpha:.3f}")
+    bars.tick_params(axis="x", labelsize=7)
+    for key, label, colour in (("kl_nat", labels[0], "tab:blue"), ("kl_adv", labels[1], "tab:red")):
+        lines.plot(alphas, [c[key].item() for c in curves], label=label, color=colour)
+    lines.plot(alphas, [sum(c.values()).item() for c in curves], label="sum", color="grey")
+    lines.axvline(alpha, color="black", linewidth=0.8)
+    lines.axvline(5 / 6, color="black", linestyle=":", linewidth=0.8, label="paper's α = 5/6")
+    lines.set_xlabel("α"), lines.legend(fontsize=7)
+    return fig
+
+
+def one_soft_label(labels: Mapping[str, Tensor], entropies: Mapping[str, float], y: int,
+                   class_names: Sequence[str], *, image: int) -> Figure:
+    """One image's soft labels side by side (name -> probabilities over the classes), each titled with
+    its entropy in nats; the true class `y` in green. What lab.SoftLabelExplorer redraws."""
+    num_classes = len(class_names)
+    fig, axes = _figure(1, len(labels), 4.25, 2.8, sharey=True)
+    for ax, (name, probs) in zip(axes[0], labels.items()):
+        colours = ["tab:green" if k == y else "tab:grey" for k in range(num_classes)]
+        ax.bar(class_names, probs.numpy(), color=colours)
+        ax.set_title(f"{name}\nentropy {entropies[name]:.2f} nats (max ln {num_classes} = "
+                     f"{math.log(num_classes):.2f})", fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0, 0].set_ylabel(f"image {image}: P(class); true class in green")
+    return fig
+
+
 @styled
 def eps_curves(eps: Sequence[float], curves: Mapping[str, Sequence[float]], *, attack: str = "pgd_trades",
                train_eps: float | None = None, title: str | None = None) -> Figure:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -379,18 +378,7 @@ class AlphaExplorer:
         curves = [rslad_loss(self.s_nat, self.s_adv, self.t_nat, alpha=a) for a in alphas]
         self.terms = {k: v.item() for k, v in rslad_loss(self.s_nat, self.s_adv, self.t_nat,
                                                           alpha=self.slider.value).items()}
-        self.figure, (bars, lines) = plt.subplots(1, 2, figsize=(8.5, 3), layout="constrained")
-        labels = ["(1−α)·KL(S(x), T(x))", "α·KL(S(x'), T(x))", "sum"]
-        bars.bar(labels, [self.terms["kl_nat"], self.terms["kl_adv"], sum(self.terms.values())],
-                 color=["tab:blue", "tab:red", "grey"])
-        bars.set_title(f"the loss at α = {self.slider.value:.3f}")
-        bars.tick_params(axis="x", labelsize=7)
-        for key, label, colour in (("kl_nat", labels[0], "tab:blue"), ("kl_adv", labels[1], "tab:red")):
-            lines.plot(alphas, [c[key].item() for c in curves], label=label, color=colour)
-        lines.plot(alphas, [sum(c.values()).item() for c in curves], label="sum", color="grey")
-        lines.axvline(self.slider.value, color="black", linewidth=0.8)
-        lines.axvline(5 / 6, color="black", linestyle=":", linewidth=0.8, label="paper's α = 5/6")
-        lines.set_xlabel("α"), lines.legend(fontsize=7)
+        self.figure = figures.rslad_terms(alphas, curves, self.terms, self.slider.value)
         with self.output:
             clear_output(wait=True)
             _show(self.figure)
@@ -424,14 +412,7 @@ class SoftLabelExplorer:
         smooth = (1 - self.smoothing.value) * one_hot + self.smoothing.value / num_classes
         labels = {f"teacher at τ = {self.tau.value:.2f}": teacher, f"smoothing s = {self.smoothing.value:.2f}": smooth}
         self.entropies = {k: entropy(p[None])[0].item() for k, p in labels.items()}
-        self.figure, axes = plt.subplots(1, 2, figsize=(8.5, 2.8), sharey=True, layout="constrained")
-        for ax, (name, probs) in zip(axes, labels.items()):
-            colours = ["tab:green" if k == int(self.y[i]) else "tab:grey" for k in range(num_classes)]
-            ax.bar(self.class_names, probs.numpy(), color=colours)
-            ax.set_title(f"{name}\nentropy {self.entropies[name]:.2f} nats (max ln {num_classes} = "
-                         f"{math.log(num_classes):.2f})", fontsize=9)
-            ax.set_ylim(0, 1)
-        axes[0].set_ylabel(f"image {i}: P(class); true class in green")
+        self.figure = figures.one_soft_label(labels, self.entropies, int(self.y[i]), self.class_names, image=i)
         with self.output:
             clear_output(wait=True)
             _show(self.figure)
