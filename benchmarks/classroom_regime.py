@@ -24,7 +24,7 @@ def run_one(args: tuple[str, dict, str]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from rslad_kit import config, data, evaluate, runs, train
+    from rslad_kit import config, data, evaluate, loading, runs, train
 
     result_path = Path(out) / f"{name}.json"
     if result_path.exists():
@@ -41,9 +41,9 @@ def run_one(args: tuple[str, dict, str]) -> dict:
     if not runs.is_finished(run_dir):
         train.train(cfg, run_dir, progress=False, dataset=ds, resume=(run_dir / "last.pt").exists())
     seconds = time.time() - start
-    model = train.load_model(run_dir)
+    model = loading.load_model(run_dir)
     row = evaluate.evaluate(model, ds.val, ["clean", "pgd_trades"], eps=cfg.attack.eps)
-    last = train.load_model(run_dir / "last.pt")
+    last = loading.load_model(run_dir / "last.pt")
     row_last = evaluate.evaluate(last, ds.val, ["clean", "pgd_trades"], eps=cfg.attack.eps)
     result = {"name": name, "method": method, "teacher": teacher, **{k: v for k, v in overrides.items() if k != "teacher"},
               "val_clean": row["clean"], "val_pgd": row["pgd_trades"],

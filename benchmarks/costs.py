@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from rslad_kit import config, data, evaluate, reproduce, train
+from rslad_kit import config, data, evaluate, loading, reproduce, train
 from rslad_kit.losses import METHODS
 
 
@@ -51,7 +51,7 @@ def main() -> None:
 
     # Evaluation costs depend on how many points stay robust, so time a fully trained student.
     train.train(config.preset("classroom", "sat"), out / "sat-full", dataset=ds, progress=False)
-    model, surrogate = train.load_model(out / "sat-full"), train.load_model(out / "sat")
+    model, surrogate = loading.load_model(out / "sat-full"), loading.load_model(out / "sat")
     print("\n| evaluation (one fully trained SAT checkpoint, 360 test images) | seconds | ratio to PGD_TRADES |"
           "\n|---|---|---|")
     row = evaluate.evaluate(model, ds.test, list(evaluate.ATTACKS), eps=0.2, surrogate=surrogate)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from rslad_kit import config, data, evaluate, reproduce, runs, stats, train
+from rslad_kit import config, data, evaluate, loading, reproduce, runs, soft_labels, stats, train
 
 STUDY_SEEDS = (100, 101, 102)
 CONFIRM_SEEDS = tuple(range(300, 306))
@@ -104,10 +104,10 @@ def splits(root: str, test: tuple[int, int] = (0, TEST_N)) -> tuple[data.Dataset
 def matched_smoothing(teacher_dir: Path, ds: data.Dataset) -> tuple[float, float]:
     """The label smoothing s whose soft labels have the mean entropy of the teacher's on the training
     images (clean, eval mode), and that entropy. Entropy of (1-s)*onehot + s/C grows with s on [0, 1)."""
-    teacher = train.load_model(teacher_dir)
+    teacher = loading.load_model(teacher_dir)
     with torch.no_grad():
         probs = torch.cat([torch.softmax(teacher(x), 1) for x in ds.train.x.split(500)])
-    target = train.soft_label_stats(probs, ds.train.y)["entropy"]
+    target = soft_labels.soft_label_stats(probs, ds.train.y)["entropy"]
     c = ds.num_classes
 
     def entropy(s: float) -> float:
@@ -151,9 +151,9 @@ def evaluated(name: str, split_name: str, split: data.Split, out: Path, seconds:
     run_dir = run_dir or out / "runs" / name
     eps = BASE["attack"]["eps"]
     began = time.perf_counter()
-    best = evaluate.evaluate(train.load_model(run_dir / "best.pt"), split, attacks, eps=eps,
+    best = evaluate.evaluate(loading.load_model(run_dir / "best.pt"), split, attacks, eps=eps,
                              autoattack_only=AUTOATTACK)
-    last = evaluate.evaluate(train.load_model(run_dir / "last.pt"), split, ("clean", "pgd_trades"), eps=eps)
+    last = evaluate.evaluate(loading.load_model(run_dir / "last.pt"), split, ("clean", "pgd_trades"), eps=eps)
     result = {"name": name, "split": split_name, "n": len(split), "train_seconds": seconds,
               "eval_seconds": round(time.perf_counter() - began, 1),
               "epoch": runs.checkpoint_info(run_dir / "best.pt")["epoch"],
@@ -183,7 +183,7 @@ def with_autoattack(result: dict, split: data.Split, out: Path) -> dict:
         return result
     check_deadline()
     began = time.perf_counter()
-    model = train.load_model(out / "runs" / result["name"] / "best.pt")
+    model = loading.load_model(out / "runs" / result["name"] / "best.pt")
     aa = evaluate.evaluate(model, split, ("autoattack",), eps=BASE["attack"]["eps"], autoattack_only=AUTOATTACK)
     result = {**result, "autoattack": aa["autoattack"], "autoattack_seconds": round(time.perf_counter() - began, 1)}
     runs.write_text(out / "evals" / f"{result['name']}.{result['split']}.json", json.dumps(result))

@@ -91,7 +91,7 @@ def job(args: tuple[str, dict, str | None, int, str, str]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from rslad_kit import config, data, evaluate, runs, train
+    from rslad_kit import config, data, evaluate, loading, runs, train
 
     result_path = Path(out) / "evals" / f"{name}.{split}.json"
     if result_path.is_file():
@@ -106,7 +106,7 @@ def job(args: tuple[str, dict, str | None, int, str, str]) -> dict:
     if not runs.is_finished(run_dir):
         train.train(cfg, run_dir, progress=False, dataset=ds, resume=(run_dir / "last.pt").is_file())
     seconds = time.perf_counter() - began
-    model = train.load_model(run_dir)
+    model = loading.load_model(run_dir)
     row = evaluate.evaluate(model, getattr(ds, split), ATTACKS, eps=cfg.attack.eps)
     result = {"name": name, "seed": seed, "split": split, "train_seconds": round(seconds, 1),
               "epoch": runs.checkpoint_info(run_dir / "best.pt")["epoch"], **{a: row[a] for a in ATTACKS}}

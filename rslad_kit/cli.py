@@ -22,7 +22,7 @@ def _threads(value: str | None) -> int:
     """Torch's CPU thread count, set deliberately: oversubscription slows AutoAttack 20-50x."""
     if value:
         return int(value)
-    from rslad_kit.train import available_cores
+    from rslad_kit.gpu import available_cores
 
     return int(os.environ.get("OMP_NUM_THREADS") or available_cores())
 
@@ -59,7 +59,7 @@ def _print_row(row: dict, names: Sequence[str]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from rslad_kit import attacks as atk
-    from rslad_kit import data, evaluate, models, runs, train
+    from rslad_kit import data, evaluate, gpu, loading, models, runs
 
     # --- cheap checks first (names, values, files), then data, downloads and models
     attacks = evaluate.check_attacks(a for a in args.attacks.split(",") if a)
@@ -71,30 +71,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} {value}; pass a positive number")
     checkpoint = models.read_checkpoint(args.checkpoint)
 
-    device = train.resolve_device(args.device)
+    device = gpu.resolve_device(args.device)
     ds = data.load(args.dataset, args.data_root, download=not args.offline)
     model = models.build(args.model, ds.num_classes, in_channels=ds.in_channels)
     model = models.load_state(model, checkpoint, args.checkpoint).to(device).eval()
     surrogate = None
     if args.surrogate:
-        surrogate = train.load_model(args.surrogate, arch=args.surrogate_model, num_classes=ds.num_classes,
-                                     in_channels=ds.in_channels).to(device)
-    checkpoint_sha256 = runs.sha256(args.checkpoint)
+        surrogate = loading.load_model(args.surrogate, arch=args.surrogate_model, num_classes=ds.num_classes,
+                                       in_channels=ds.in_channels).to(device)
     state = None
     if args.json and "autoattack" in attacks:   # AutoAttack's progress, beside the results: a rerun resumes
         state = Path(args.json).with_name(f".{Path(args.json).name}.autoattack-"
-                                          f"{checkpoint_sha256[:12]}-eps{args.eps:.6g}.pt")
+                                          f"{runs.sha256(args.checkpoint)[:12]}-eps{args.eps:.6g}.pt")
         state.parent.mkdir(parents=True, exist_ok=True)
-    row = evaluate.evaluate(model, ds.test.to(device), attacks, eps=args.eps, n=args.n,
-                            batch_size=args.batch_size, surrogate=surrogate, autoattack_state=state)
+    row = evaluate.evaluate_checkpoint(model, args.checkpoint, ds.test, attacks, eps=args.eps, device=device,
+                                       config={k: v for k, v in vars(args).items() if k != "func"}, n=args.n,
+                                       batch_size=args.batch_size, surrogate=surrogate, autoattack_state=state)
     _print_row(row, attacks)
-    row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset,
-            "checkpoint_sha256": checkpoint_sha256, "seed": 0,
-            "config": {k: v for k, v in vars(args).items() if k != "func"},
-            "data_sha256": runs.data_checksum(ds.test.take(args.n)), **runs.provenance(device)}
+    row |= {"model": args.model, "checkpoint": str(args.checkpoint), "dataset": args.dataset}
     if args.surrogate:
-        surrogate_file = Path(args.surrogate)
-        row["surrogate_sha256"] = runs.sha256(surrogate_file / "best.pt" if surrogate_file.is_dir() else surrogate_file)
+        row["surrogate_sha256"] = runs.sha256(loading.checkpoint_path(args.surrogate))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         runs.write_text(Path(args.json), json.dumps(row, indent=2))
@@ -146,20 +142,20 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from rslad_kit import figures
+    from rslad_kit import paper_figures
 
-    written = figures.write_all(args.results, args.out, images=args.images, against=args.against,
-                                data_root=args.data_root)
+    written = paper_figures.write_all(args.results, args.out, images=args.images, against=args.against,
+                                      data_root=args.data_root)
     print(f"wrote {len(written)} files in {args.out}")
 
 
 def cmd_teacher_study(args: argparse.Namespace) -> None:
-    from rslad_kit import figures, teacher_study
+    from rslad_kit import paper_figures, teacher_study
 
     folder = teacher_study.run(args.preset, out=args.out, seeds=args.seeds, dry_run=args.dry_run,
                                workers_per_gpu=args.workers_per_gpu, data_root=args.data_root, device=args.device)
     if not args.dry_run:
-        figures.write_teacher_study(folder)
+        paper_figures.write_teacher_study(folder)
         print((folder / "summary.md").read_text().strip().splitlines()[-1])
         print(f"results and figure4_teacher_study.png/.pdf in {folder}")
 
@@ -177,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", help="torch CPU threads (default: $OMP_NUM_THREADS, else all cores)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("evaluate", help="robust accuracy of a checkpoint under the paper's attacks")
+    attacks = "\n".join(f"  {name:<14} {attack.about}" for name, attack in evaluate.ATTACKS.items())
+    ev = sub.add_parser("evaluate", help="robust accuracy of a checkpoint under the paper's attacks",
+                        epilog=f"attacks:\n{attacks}", formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--model", required=True, help=f"the checkpoint's architecture, {_one_of(models.MODELS)}")
     ev.add_argument("--checkpoint", required=True, help="a .pt file (read with weights_only=True)")
     ev.add_argument("--dataset", required=True, help=_one_of(data.DATASETS))

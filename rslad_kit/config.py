@@ -7,14 +7,13 @@ official code (reference: official_semantics.md); `asdict(cfg)` is saved with ev
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import types
 import typing
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -281,7 +280,7 @@ PRESETS: dict[str, Preset] = {
 def preset(name: str, method: str = "rslad", **overrides: Any) -> TrainConfig:
     """The config of `method` under preset `name`, with any field overridden."""
     if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; {did_you_mean(name, PRESETS)}choose from {', '.join(PRESETS)}")
     p = PRESETS[name]
     cfg = override(replace(p.base, method=method), **p.methods.get(method, {}))
     return override(cfg, **overrides)
@@ -292,9 +291,8 @@ def override(cfg: TrainConfig, **changes: Any) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(changes) - fields)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], fields, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(f"unknown config field {unknown[0]!r}; {hint}known fields: {', '.join(sorted(fields))}")
+        raise UserError(f"unknown config field {unknown[0]!r}; {did_you_mean(unknown[0], fields)}known fields: "
+                        f"{', '.join(sorted(fields))}")
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}   # JSON lists
     attack = changes.get("attack")
     for name, value in changes.items():
@@ -304,7 +302,8 @@ def override(cfg: TrainConfig, **changes: Any) -> TrainConfig:
         attack_fields = {f.name for f in dataclasses.fields(AttackConfig)}
         unknown = sorted(set(attack) - attack_fields)
         if unknown:
-            raise UserError(f"unknown attack field {unknown[0]!r}; known: {', '.join(sorted(attack_fields))}")
+            raise UserError(f"unknown attack field {unknown[0]!r}; {did_you_mean(unknown[0], attack_fields)}known: "
+                            f"{', '.join(sorted(attack_fields))}")
         for name, value in attack.items():
             _check_type(AttackConfig, name, value, getattr(cfg.attack, name), prefix="attack.")
     if "loss_params" in changes:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, did_you_mean
 
 if TYPE_CHECKING:  # torchvision takes seconds to import and only CIFAR needs it, so it is imported there
     from torchvision.datasets import CIFAR10
@@ -383,7 +383,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 
 def check_name(name: str) -> None:
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; {did_you_mean(name, DATASETS)}choose one of {', '.join(DATASETS)}")
 
 
 # What a plan's cost estimate needs to know of a dataset without reading or downloading it: training

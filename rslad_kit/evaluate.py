@@ -12,25 +12,88 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from rslad_kit import attacks as atk
-from rslad_kit.errors import UserError
+from rslad_kit import runs
+from rslad_kit.data import Split
+from rslad_kit.errors import UserError, did_you_mean
 
+
+
+# --- the attacks, by name -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    """What an attack reads besides the model and the images (`evaluate`'s arguments)."""
+
+    eps: float
+    batch_size: int
+    seed: int
+    surrogate: nn.Module | None
+    autoattack_state: Path | None
+    autoattack_only: tuple[str, ...] | None
+    square_queries: int
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A named evaluation attack: how tables and figures name it, what it is, and how it runs."""
+
+    label: str
+    about: str
+    run: Callable[[nn.Module, Tensor, Tensor, Budget], Tensor]   # (model, x, y, budget) -> x'
+
+
+def _white_box(name: str) -> Callable[[nn.Module, Tensor, Tensor, Budget], Tensor]:
+    return lambda m, x, y, b: _batched(lambda xb, yb: atk.white_box(name, m, xb, yb, eps=b.eps), x, y, b.batch_size)
+
+
+def _transfer(name: str) -> Callable[[nn.Module, Tensor, Tensor, Budget], Tensor]:
+    return lambda m, x, y, b: _batched(lambda xb, yb: atk.transfer(b.surrogate, xb, yb, eps=b.eps, attack=name),
+                                       x, y, b.batch_size)
+
+
+# Every attack `evaluate` runs, in the order tables list them; labels as the paper's tables print them.
+ATTACKS: dict[str, Attack] = {
+    "clean": Attack("Clean", "no attack: accuracy on the test images", lambda m, x, y, b: x),
+    "fgsm": Attack("FGSM", "one signed-gradient step of size eps on the cross-entropy", _white_box("fgsm")),
+    "pgd_sat": Attack("PGD_SAT", "PGD-20 on the cross-entropy, step eps/4, random start (Madry)",
+                      _white_box("pgd_sat")),
+    "pgd_trades": Attack("PGD_TRADES", "PGD-20 on the cross-entropy, step 0.003 at eps 8/255, random start (TRADES)",
+                         _white_box("pgd_trades")),
+    "cw": Attack("CW∞", "PGD-20 on the CW margin (kappa 50), step eps/4, random start", _white_box("cw")),
+    "autoattack": Attack("AutoAttack", "the standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square)",
+                         lambda m, x, y, b: atk.autoattack(m, x, y, eps=b.eps, seed=b.seed, batch_size=b.batch_size,
+                                                           state_path=b.autoattack_state, only=b.autoattack_only)),
+    "square": Attack("Square", "black-box Square, from queries only (a gradient-masking check)",
+                     lambda m, x, y, b: atk.square(m, x, y, eps=b.eps, seed=b.seed, batch_size=b.batch_size,
+                                                   n_queries=b.square_queries)),
+    "transfer_pgd": Attack("PGD-20 (transfer)", "PGD_SAT crafted on a surrogate model", _transfer("pgd_sat")),
+    "transfer_cw": Attack("CW∞ (transfer)", "CW∞ crafted on a surrogate model", _transfer("cw")),
+    "pgd_large_eps": Attack("PGD (eps 0.5)", "PGD at eps 0.5, which should leave about 0% (a sanity check)",
+                            lambda m, x, y, b: _batched(lambda xb, yb: atk.large_eps(m, xb, yb), x, y, b.batch_size)),
+}
 GRADIENT_ATTACKS = tuple(atk.WHITE_BOX)
-ATTACKS = ("clean", *GRADIENT_ATTACKS, "autoattack", "square", "transfer_pgd", "transfer_cw", "pgd_large_eps")
 PAPER_ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw", "autoattack")  # Tables 2-4, 6
+
+
+def attack_label(name: str) -> str:
+    """How tables and figures name attack `name` ("autoattack" -> "AutoAttack"); other names as given."""
+    return ATTACKS[name].label if name in ATTACKS else name
 
 
 def check_attacks(names: Iterable[str]) -> tuple[str, ...]:
     names = tuple(names)
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
-        raise UserError(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+        raise UserError(f"unknown attack {unknown[0]!r}; {did_you_mean(unknown[0], ATTACKS)}choose from "
+                        f"{', '.join(ATTACKS)}")
     return names
 
 
@@ -78,7 +141,7 @@ def evaluate(
         raise UserError("transfer attacks need a surrogate model; pass surrogate=... (CLI: --surrogate)")
     atk.check_eps(eps)
     atk.check_images(x)
-    run = _attack_functions(eps, surrogate, batch_size, seed, autoattack_state, autoattack_only, square_queries)
+    budget = Budget(eps, batch_size, seed, surrogate, autoattack_state, autoattack_only, square_queries)
 
     row: dict = {"n": len(x), "eps": eps, "seconds": {}, "warnings": []}
 
@@ -101,7 +164,7 @@ def evaluate(
                 # before it, so a resumed evaluation (AutoAttack from its state file) gives the same numbers.
                 torch.manual_seed(seed)
                 start = time.perf_counter()
-                x_adv = x if name == "clean" else run[name](model, x, y)
+                x_adv = ATTACKS[name].run(model, x, y, budget)
                 for flag in flags:   # AutoAttack's own sanity checks
                     warn(f"{name} (AutoAttack's check): {flag}")
                 flags.clear()
@@ -121,6 +184,24 @@ def evaluate(
         if check["fired"]:
             warn(check["detail"])
     return row
+
+
+def evaluate_checkpoint(model: nn.Module, checkpoint: str | Path, split: Split, attacks: Iterable[str], *,
+                        eps: float, device: torch.device, config: dict[str, Any], seed: int = 0,
+                        n: int | None = None, **options: Any) -> dict:
+    """`evaluate` of `model`, read from the file `checkpoint`, on the first `n` examples of `split` (on
+    the host; evaluated on `device`), with what the row was computed from: the file's SHA-256
+    (`checkpoint_sha256`), the settings (`config`, `seed`), the examples' SHA-256 (`data_sha256`) and
+    the code and machine (runs.provenance). `options` go to `evaluate`. What `rslad-kit evaluate` and
+    `reproduce` record of every evaluation."""
+    row = evaluate(model, split.to(device), attacks, eps=eps, n=n, **options)
+    return row | {"checkpoint_sha256": runs.sha256(checkpoint)} | computed_from(split.take(n), device, config, seed)
+
+
+def computed_from(split: Split, device: torch.device, config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What a result was computed from: its settings, the SHA-256 of its examples (`split`, on the host:
+    the same bytes as on the device, without a copy back), the code and the machine."""
+    return {"config": config, "seed": seed, "data_sha256": runs.data_checksum(split), **runs.provenance(device)}
 
 
 # --- gradient masking ------------------------------------------------------------------------------
@@ -179,28 +260,6 @@ def masking_checks(row: dict) -> list[dict]:
               f"PGD at eps {atk.LARGE_EPS:g} leaves {row['pgd_large_eps']}% accuracy, flagged above "
               f"{LARGE_EPS_CEILING:g}% (any image can become mid-grey there)")
     return checks
-
-
-def _attack_functions(eps, surrogate, batch_size, seed, autoattack_state, autoattack_only,
-                      square_queries) -> dict[str, Callable]:
-    """name -> fn(model, x, y) returning adversarial images."""
-    def white(name):
-        return lambda m, x, y: _batched(lambda xb, yb: atk.white_box(name, m, xb, yb, eps=eps), x, y, batch_size)
-
-    def transfer(name):
-        return lambda m, x, y: _batched(lambda xb, yb: atk.transfer(surrogate, xb, yb, eps=eps, attack=name),
-                                        x, y, batch_size)
-
-    return {
-        **{name: white(name) for name in GRADIENT_ATTACKS},
-        "autoattack": lambda m, x, y: atk.autoattack(m, x, y, eps=eps, seed=seed, batch_size=batch_size,
-                                                         state_path=autoattack_state, only=autoattack_only),
-        "square": lambda m, x, y: atk.square(m, x, y, eps=eps, seed=seed, batch_size=batch_size,
-                                             n_queries=square_queries),
-        "transfer_pgd": transfer("pgd_sat"),
-        "transfer_cw": transfer("cw"),
-        "pgd_large_eps": lambda m, x, y: _batched(lambda xb, yb: atk.large_eps(m, xb, yb), x, y, batch_size),
-    }
 
 
 def eps_curve(model: nn.Module, data, eps_values: Iterable[float], attack: str = "pgd_trades", *,

@@ -2,9 +2,9 @@
 
 The paper's Figures 2-4 (attention maps, soft labels, which teacher) and the kit's own plots (training
 curves, robustness against clean accuracy, adversarial examples, robustness against eps). No function
-here trains, saves or shows: the caller decides (`fig.savefig`, or a notebook displays it).
-`write_all` is the one exception, the command behind `rslad-kit figures`: it reads a finished
-`reproduce` folder and writes every figure as PNG and PDF.
+here loads, trains, saves or shows: the caller decides (`fig.savefig`, or a notebook displays it).
+`rslad-kit figures` (rslad_kit/paper_figures.py) reads a finished `reproduce` folder, computes what
+these functions draw, and writes every figure as PNG and PDF.
 
 One style everywhere: seaborn's "talk" context (readable on a projector), white grid, and a fixed
 colour per method (`COLORS`), the same in every figure and colour-blind safe.
@@ -13,24 +13,19 @@ colour per method (`COLORS`), the same in every figure and colour-blind safe.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
 import seaborn as sns
-import torch
 from matplotlib.figure import Figure
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from rslad_kit import attacks, data, evaluate, models, reproduce, runs, saliency, train
-from rslad_kit import teacher_study as study_lib
-from rslad_kit.config import PRESETS
-from rslad_kit.errors import UserError
+from rslad_kit import attacks
+from rslad_kit.evaluate import attack_label
+from rslad_kit.plan import run_label
 
 # seaborn's colour-blind palette, one colour per method, fixed so a method looks the same everywhere.
 _PALETTE = sns.color_palette("colorblind", 10)
@@ -51,13 +46,6 @@ COLORS: dict[str, tuple[float, float, float]] = {
     "NSL": _PALETTE[7],
     "SSL": _PALETTE[9],
 }
-LABELS = {"teacher": "Teacher", "natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART",
-          "ard": "ARD", "iad": "IAD", "rslad": "RSLAD", "random-init": "Random init",
-          "teacher-reseeded": "2nd teacher"}
-ATTACK_LABELS = {"clean": "clean", "pgd_trades": "PGD_TRADES", "autoattack": "AutoAttack", "pgd_sat": "PGD_SAT",
-                 "fgsm": "FGSM", "cw": "CW∞"}
-
-
 def color(name: str) -> tuple[float, float, float]:
     """The colour of a method (or soft-label type); other names get a stable colour of their own."""
     return COLORS.get(name) or _PALETTE[sum(map(ord, name)) % len(_PALETTE)]
@@ -87,10 +75,6 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
 
 
-def _label(name: str) -> str:
-    return LABELS.get(name, name)
-
-
 # --- Figure 2: attention and saliency maps ---------------------------------------------------------
 
 @styled
@@ -113,7 +97,7 @@ def attention_maps(maps: Mapping[str, Mapping[str, Tensor]], *, images: int = 4,
                 suffix = f" (image {i + 1})" if images > 1 else ""
                 cam_ax.set_title("Grad-CAM" + suffix, fontsize="small")
                 sal_ax.set_title("SmoothGrad" + suffix, fontsize="small")
-        axes[r, 0].set_ylabel(_label(name), color=color(name), fontweight="bold")
+        axes[r, 0].set_ylabel(run_label(name), color=color(name), fontweight="bold")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -141,7 +125,7 @@ def map_similarity(rows: Sequence[Mapping[str, Any]], differences: Sequence[Mapp
         for bar, r in zip(bars, sel):
             if r.get("role", "student") != "student":
                 bar.set_hatch("//")
-        ax.set_xticks(range(len(sel)), [_label(n) for n in names], rotation=30 if len(sel) > 4 else 0)
+        ax.set_xticks(range(len(sel)), [run_label(n) for n in names], rotation=30 if len(sel) > 4 else 0)
         ax.set_title("Grad-CAM" if kind == "gradcam" else "SmoothGrad")
         ax.axhline(0, color="black", linewidth=0.8)
     axes[0, 0].set_ylabel("Spearman ρ with the teacher")
@@ -152,7 +136,7 @@ def map_similarity(rows: Sequence[Mapping[str, Any]], differences: Sequence[Mapp
         err = np.array([[d["mean"] - d["low"], d["high"] - d["mean"]] if d["low"] is not None else [0, 0]
                         for d in sel]).T.reshape(2, -1)
         ax.bar(range(len(sel)), means, color=color("rslad"), yerr=err, capsize=4)
-        ax.set_xticks(range(len(sel)), [f"{_label(d['of'])} − {_label(d['minus'])}" for d in sel])
+        ax.set_xticks(range(len(sel)), [f"{run_label(d['of'])} − {run_label(d['minus'])}" for d in sel])
         ax.axhline(0, color="black", linewidth=0.8)
     if differences:
         axes[1, 0].set_ylabel("paired difference in ρ")
@@ -239,7 +223,7 @@ def teacher_study(study: Mapping[str, Any]) -> Figure:
     ax.set_xticks(x, [r["teacher"] + (f"\n{_count(r['params'])}" if r.get("params") else "") for r in rows])
     ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.set_xlabel("teacher (parameters)")
-    ax.set_ylabel(f"{ATTACK_LABELS.get(study['attack'], study['attack'])} accuracy (%), eps {study['eps']:.3g}")
+    ax.set_ylabel(f"{attack_label(study['attack'])} accuracy (%), eps {study['eps']:.3g}")
     handles, labels = ax.get_legend_handles_labels()
     patches = [matplotlib.patches.Patch(color=colour, alpha=0.25, label=f"robust {region}")
                for region, colour in regions.items() if study[region]]
@@ -299,9 +283,9 @@ def robust_vs_clean(points: Mapping[str, Mapping[str, Sequence[float]]], *, atta
             continue
         sd = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)
         ax.errorbar(clean.mean(), robust.mean(), xerr=sd(clean), yerr=sd(robust), fmt="o", capsize=4,
-                    color=color(name), label=f"{_label(name)} (n={len(robust)})")
+                    color=color(name), label=f"{run_label(name)} (n={len(robust)})")
     ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel(f"{ATTACK_LABELS.get(attack, attack)} accuracy (%)")
+    ax.set_ylabel(f"{attack_label(attack)} accuracy (%)")
     ax.legend(fontsize="small")
     fig.suptitle(title or "Robustness against clean accuracy\n(mean ± sd over seeds)")
     return fig
@@ -323,13 +307,70 @@ def adversarial_examples(x: Tensor, x_adv: Tensor, y: Tensor, predictions: Mappi
             if i == 0:
                 ax.set_title(name, fontsize="small")
         axes[i, 0].set_ylabel(f"label {class_names[int(y[i])]}", fontsize="small")
-        text = "\n".join(f"{_label(m)}: {class_names[int(p[i])]}" for m, p in predictions.items())
+        text = "\n".join(f"{run_label(m)}: {class_names[int(p[i])]}" for m, p in predictions.items())
         ok = [int(p[i]) == int(y[i]) for p in predictions.values()]
         axes[i, 3].axis("off")
         axes[i, 3].text(0.0, 0.5, text, transform=axes[i, 3].transAxes, va="center", fontsize="x-small",
                         color="darkgreen" if all(ok) else "darkred" if not any(ok) else "black")
     axes[0, 3].set_title("prediction on x'", fontsize="small")
     fig.suptitle(title or f"Adversarial examples\n(PGD_TRADES, eps {eps:.3g})")
+    return fig
+
+
+def perturbation(p: attacks.Perturbation) -> Figure:
+    """What an attack did to a few images (`attacks.perturbation`), one column each: x with its
+    prediction, the perturbation scaled to its largest value (grey = 0), and x' with its prediction and
+    confidence (green: right, red: wrong). What the eps slider (lab.EpsExplorer) redraws."""
+    n = len(p.x)
+    fig, axes = _figure(3, n, 1.6, 5 / 3)
+    scale = max(p.max_delta, 1e-12)
+    rows = (("x", p.x, p.pred, None), ("x' - x", 0.5 + p.delta / (2 * scale), None, None),
+            ("x'", p.x_adv, p.pred_adv, p.confidence_adv))
+    for r, (name, images, pred, conf) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(_image(images[i].clamp(0, 1)), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            if pred is not None:
+                text = f"{pred[i].item()}" + (f" ({conf[i].item():.0%})" if conf is not None else "")
+                ax.set_title(text, color="green" if pred[i] == p.y[i] else "red", fontsize=9)
+        axes[r, 0].set_ylabel(name)
+    fig.suptitle(f"max |x' - x| = {p.max_delta:.3f}")
+    return fig
+
+
+def rslad_terms(alphas: Sequence[float], curves: Sequence[Mapping[str, Tensor]], terms: Mapping[str, float],
+                alpha: float) -> Figure:
+    """RSLAD's two loss terms (`losses.rslad_loss`): their values at `alpha` as bars, and `curves` (the
+    terms at each of `alphas`) with the paper's alpha = 5/6 marked. What lab.AlphaExplorer redraws."""
+    fig, axes = _figure(1, 2, 4.25, 3)
+    bars, lines = axes[0]
+    labels = ["(1−α)·KL(S(x), T(x))", "α·KL(S(x'), T(x))", "sum"]
+    bars.bar(labels, [terms["kl_nat"], terms["kl_adv"], sum(terms.values())], color=["tab:blue", "tab:red", "grey"])
+    bars.set_title(f"the loss at α = {alpha:.3f}")
+    bars.tick_params(axis="x", labelsize=7)
+    for key, label, colour in (("kl_nat", labels[0], "tab:blue"), ("kl_adv", labels[1], "tab:red")):
+        lines.plot(alphas, [c[key].item() for c in curves], label=label, color=colour)
+    lines.plot(alphas, [sum(c.values()).item() for c in curves], label="sum", color="grey")
+    lines.axvline(alpha, color="black", linewidth=0.8)
+    lines.axvline(5 / 6, color="black", linestyle=":", linewidth=0.8, label="paper's α = 5/6")
+    lines.set_xlabel("α"), lines.legend(fontsize=7)
+    return fig
+
+
+def one_soft_label(labels: Mapping[str, Tensor], entropies: Mapping[str, float], y: int,
+                   class_names: Sequence[str], *, image: int) -> Figure:
+    """One image's soft labels side by side (name -> probabilities over the classes), each titled with
+    its entropy in nats; the true class `y` in green. What lab.SoftLabelExplorer redraws."""
+    num_classes = len(class_names)
+    fig, axes = _figure(1, len(labels), 4.25, 2.8, sharey=True)
+    for ax, (name, probs) in zip(axes[0], labels.items()):
+        colours = ["tab:green" if k == y else "tab:grey" for k in range(num_classes)]
+        ax.bar(class_names, probs.numpy(), color=colours)
+        ax.set_title(f"{name}\nentropy {entropies[name]:.2f} nats (max ln {num_classes} = "
+                     f"{math.log(num_classes):.2f})", fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0, 0].set_ylabel(f"image {image}: P(class); true class in green")
     return fig
 
 
@@ -340,204 +381,21 @@ def eps_curves(eps: Sequence[float], curves: Mapping[str, Sequence[float]], *, a
     fig, axes = _figure(1, 1, 5.5, 4.0)
     ax = axes[0, 0]
     for name, acc in curves.items():
-        ax.plot(eps, acc, "o-", color=color(name), label=_label(name))
+        ax.plot(eps, acc, "o-", color=color(name), label=run_label(name))
     if train_eps is not None:
         ax.axvline(train_eps, color="gray", linestyle=":", label="training eps")
     ax.set_xlabel("eps (pixel scale [0, 1])")
-    ax.set_ylabel(f"{ATTACK_LABELS.get(attack, attack)} accuracy (%)")
+    ax.set_ylabel(f"{attack_label(attack)} accuracy (%)")
     ax.legend(fontsize="small")
-    fig.suptitle(title or f"Robustness against eps ({ATTACK_LABELS.get(attack, attack)})")
+    fig.suptitle(title or f"Robustness against eps ({attack_label(attack)})")
     return fig
 
 
-# --- `rslad-kit figures`: every figure of a finished `reproduce` folder ----------------------------
+# --- what the paper's figures show (rslad_kit/paper_figures.py draws them from a results folder) -----
 
 # Figure 3's two classes: the paper's Airplane and Cat; on digits 3 and 8, which look alike.
 SOFT_LABEL_CLASSES = {"cifar10": (0, 3), "cifar100": (0, 3), "digits": (3, 8)}
 SALIENCY_METHODS = ("ard", "iad", "rslad", "sat")   # Figure 2's students
-
-
-def save(fig: Figure, path: str | Path) -> list[Path]:
-    """Write `fig` as `path`.png and `path`.pdf (each atomically); returns both paths."""
-    written = []
-    for fmt in ("png", "pdf"):
-        target = Path(path).with_suffix(f".{fmt}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        runs.atomic_write(target, lambda tmp: fig.savefig(tmp, format=fmt, dpi=200))
-        written.append(target)
-    return written
-
-
-def _results_plan(folder: Path, **overrides: Any):
-    presets = [name for name, p in PRESETS.items() if p.plan is not None]
-    if folder.name not in presets:
-        raise UserError(f"{folder} is not a `reproduce` results folder: its name must be a preset "
-                        f"({', '.join(presets)}), e.g. results/classroom")
-    return reproduce.build_plan(folder.name, folder.parent, **overrides)
-
-
-def _arch(plan, run: str, model: torch.nn.Module) -> str:
-    """The registry architecture of a run (a zoo teacher: the registry entry of its class)."""
-    if run in plan.runs:
-        return plan.runs[run].model
-    return saliency.ZOO_ARCHS[type(models.unwrap(model))]
-
-
-def write_all(results: str | Path, out: str | Path, *, images: int = 200, against: str = "teacher",
-              sigma: float = 0.15, samples: int = 25, data_root: str = "data", progress: bool = True) -> list[Path]:
-    """Every figure of the finished `reproduce` folder `results` (e.g. results/classroom), as PNG and
-    PDF in `out`, with Figure 2's similarity table (JSON and Markdown) and Figure 3's statistics;
-    returns the files written. Trains nothing: reads the checkpoints and evaluations on disk, and
-    checks that every checkpoint it needs is there before writing anything. Figure 4 is drawn when the
-    teacher study's folder (`<preset>-teacher-study` beside `results`) holds a finished study.
-
-    `images`: test images for the maps and their similarity (at least 200 for the paper's claim);
-    `against`: Figure 2's adversarial examples are crafted against the "teacher" (every model's maps
-    on the same images, as the paper compares them) or against "each" model itself.
-    """
-    if against not in ("teacher", "each"):
-        raise UserError(f"against must be 'teacher' or 'each' (got {against!r})")
-    if images < 2:
-        raise UserError(f"--images must be at least 2 (got {images}); the paper's claim wants 200 or more")
-    folder, out = Path(results), Path(out)
-    plan = _results_plan(folder, data_root=data_root)
-    table = 4 if plan.dataset == "cifar100" else 3
-    by_method = {m: plan.rows.get((table, plan.plan.students[0], m), []) for m in plan.methods}  # method -> by seed
-    seeds = [s for s, run in enumerate(by_method.get("rslad", [])) if (plan.out / "runs" / run / "best.pt").is_file()]
-    soft = 7 in plan.plan.tables
-    ceiling = "teacher-reseeded" in plan.runs   # Figure 2's second teacher (a kit-trained teacher only)
-    needed = ["teacher", *(["teacher-natural"] if soft else []), *(["teacher-reseeded"] if ceiling else []),
-              *[by_seed[s] for by_seed in by_method.values() for s in (seeds or [0]) if s < len(by_seed)]]
-    missing = [p for r in needed if not (p := reproduce.checkpoint_file(plan, r, "best")).is_file()]
-    if missing:
-        raise UserError(f"{missing[0]} is missing ({len(missing)} checkpoint(s) in all); run "
-                        f"`rslad-kit reproduce --preset {plan.preset} --out {folder.parent}` first")
-
-    device = train.resolve_device(plan.base.device)
-    ds = data.load(plan.dataset, plan.base.data_root, val_size=plan.base.val_size, image_size=plan.base.image_size,
-                   train_size=plan.base.train_size)
-    test = ds.test.to(device)
-    teacher = reproduce.load_for_eval(plan, "teacher", "best", device)
-    written: list[Path] = []
-    with tqdm(total=4, desc="figures", disable=not progress) as bar:
-        written += _figure2(plan, teacher, by_method, seeds, test.take(images), ds.num_classes, out, against=against,
-                            sigma=sigma, samples=samples)
-        bar.update()
-        if soft:
-            natural = reproduce.load_for_eval(plan, "teacher-natural", "best", device)
-            written += _figure3(plan, teacher, natural, test, ds, out)
-        bar.update()
-        written += _kit_plots(plan, teacher, by_method, test.take(images), ds.classes, out)
-        bar.update()
-        study = folder.parent / f"{plan.preset}-teacher-study"
-        if (study / "teacher_study.json").is_file():
-            written += write_teacher_study(study, out)
-        else:
-            print(f"figures: no Figure 4 ({study} holds no finished study; run `rslad-kit teacher-study "
-                  f"--preset {plan.preset} --out {folder.parent}`)")
-        bar.update()
-    return written
-
-
-def _figure2(plan, teacher, by_method, seeds, test, num_classes: int, out: Path, *, against: str, sigma: float,
-             samples: int) -> list[Path]:
-    """Maps of the teacher and of every seed's ARD, IAD, RSLAD and SAT students; their similarity to the
-    teacher's between a floor (a random model and a natural student, of the student's architecture) and
-    a ceiling (a second teacher, another seed); RSLAD minus each other student, paired by seed."""
-    kw = dict(eps=plan.eps, sigma=sigma, samples=samples)
-    teacher_maps = saliency.adversarial_maps(teacher, _arch(plan, "teacher", teacher), test.x, test.y, **kw)
-    shared = teacher_maps["x_adv"].to(test.x.device) if against == "teacher" else None   # crafted once
-
-    def maps(model: torch.nn.Module, arch: str) -> dict[str, Tensor]:
-        return saliency.adversarial_maps(model, arch, test.x, test.y, x_adv=shared, **kw)
-
-    def run_maps(run: str) -> dict[str, Tensor]:
-        return maps(reproduce.load_for_eval(plan, run, "best", test.x.device), plan.runs[run].model)
-
-    student = plan.plan.students[0]
-    roles: dict[str, str] = {"random-init": "floor"}
-    models_maps: dict[str, list[dict[str, Tensor]]] = {"random-init": []}
-    for s in seeds:
-        with attacks.seeded(s, test.x.device):   # a fresh model of the student's architecture, per seed
-            random_model = models.build(student, num_classes, in_channels=test.x.shape[1])
-        models_maps["random-init"].append(maps(random_model.to(test.x.device).eval(), student))
-    for m in ("natural", *SALIENCY_METHODS):
-        if by_method.get(m):
-            roles[m] = "floor" if m == "natural" else "student"
-            models_maps[m] = [run_maps(by_method[m][s]) for s in seeds]
-    if "teacher-reseeded" in plan.runs:
-        roles["teacher-reseeded"] = "ceiling"
-        models_maps["teacher-reseeded"] = [run_maps("teacher-reseeded")]
-    shown = {"teacher": teacher_maps} | {m: models_maps[m][0] for m in SALIENCY_METHODS if m in models_maps}
-    rows = [r | {"role": roles[r["student"]]} for r in saliency.similarity_rows(models_maps, teacher_maps)]
-    differences = saliency.paired_differences(rows, "rslad", ("ard", "iad", "sat"))
-    meta = {"results": str(plan.out), "against": against, "attack": "pgd_trades", "eps": plan.eps,
-            "sigma": sigma, "samples": samples, "images": len(test), "seeds": seeds, "target": "true-class logit"}
-    return [*save(attention_maps(shown, images=min(4, len(test))), out / "figure2_attention"),
-            *save(map_similarity(rows, differences), out / "figure2_similarity"),
-            *_write_json(out / "figure2_similarity.json", meta | {"rows": rows, "differences": differences}),
-            *_write_text(out / "figure2_similarity.md", similarity_markdown(rows, meta, differences))]
-
-
-def _figure3(plan, teacher, natural, test, ds, out: Path) -> list[Path]:
-    """The three soft labels of the whole test set and of as many augmented training views (random
-    crop and flip as in training, seed 0: what the student learns from); two classes drawn, statistics
-    for all."""
-    train_x = ds.train.x[:len(test)].to(test.x.device)
-    views = {"test": (test.x, test.y),
-             "train": (data.augment(train_x, padding=ds.crop_padding, flip=ds.flip,
-                                    generator=torch.Generator(test.x.device).manual_seed(0)),
-                       ds.train.y[:len(test)].to(test.x.device))}
-    classes = SOFT_LABEL_CLASSES[plan.dataset]
-    probs = {view: train.soft_label_sets(teacher, natural, x, y, plan.base, ds.num_classes)
-             for view, (x, y) in views.items()}
-    stats = {view: train.soft_label_class_stats(probs[view], y, classes) for view, (_, y) in views.items()}
-    fig = soft_labels(probs["test"], test.y, classes, ds.classes, stats["test"],
-                      training=(probs["train"], views["train"][1], stats["train"]))
-    return [*save(fig, out / "figure3_soft_labels"),
-            *_write_json(out / "figure3_soft_labels.json",
-                         {"smoothing": plan.base.smoothing, "classes": [ds.classes[k] for k in classes],
-                          "images": {"test": f"the first {len(test)} test images",
-                                     "train": f"the first {len(test)} training images, one augmented view each "
-                                              f"(random crop, padding {ds.crop_padding}, flip {ds.flip}; seed 0)"},
-                          "stats": {kind: {str(k): v for k, v in s.items()} for kind, s in stats["test"].items()},
-                          "stats_train_views": {kind: {str(k): v for k, v in s.items()}
-                                                for kind, s in stats["train"].items()}})]
-
-
-def _kit_plots(plan, teacher, by_method, test, class_names, out: Path) -> list[Path]:
-    """Training curves and adversarial examples of seed 0; robust vs clean over seeds; eps curves."""
-    first = {"teacher": teacher} | {m: reproduce.load_for_eval(plan, by_seed[0], "best", test.x.device)
-                                    for m, by_seed in by_method.items() if by_seed}
-    metrics = {m: runs.history(plan.out / "runs" / by_seed[0]) for m, by_seed in by_method.items() if by_seed}
-    evals = plan.evals()
-
-    def best(run_names: list[str], attack: str) -> list[float]:
-        return [evals[r]["best"][attack] for r in run_names if attack in evals.get(r, {}).get("best", {})]
-
-    points = {m: {"clean": best(names, "clean"), "robust": best(names, "pgd_trades")}
-              for m, names in {"teacher": ["teacher"], **by_method}.items()}
-
-    k = min(6, len(test))
-    with attacks.seeded(0, test.x.device):
-        x_adv = attacks.white_box("pgd_trades", first.get("rslad", teacher), test.x[:k], test.y[:k], eps=plan.eps)
-    predictions = {name: evaluate.predict(model, x_adv) for name, model in first.items()}
-    grid = [round(plan.eps * f, 6) for f in (0, 0.25, 0.5, 0.75, 1, 1.5, 2) if plan.eps * f <= 1]
-    curves = {name: evaluate.eps_curve(model, test, grid) for name, model in first.items()}
-    student = plan.plan.students[0]
-    return [*save(training_curves(metrics, title=f"Training curves ({student}, seed 0)"), out / "training_curves"),
-            *save(robust_vs_clean(points), out / "robust_vs_clean"),
-            *save(adversarial_examples(test.x[:k], x_adv, test.y[:k], predictions, class_names, eps=plan.eps,
-                                       title=f"Adversarial examples\n(PGD_TRADES against RSLAD, eps {plan.eps:.3g})"),
-                  out / "adversarial_examples"),
-            *save(eps_curves(grid, curves, train_eps=plan.eps), out / "eps_curves"),
-            *_write_json(out / "eps_curves.json", {"eps": grid, "attack": "pgd_trades", "n": len(test),
-                                                   "curves": curves})]
-
-
-def write_teacher_study(folder: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Figure 4 of a finished teacher-study folder, as PNG and PDF in `out` (default: the folder)."""
-    return save(teacher_study(study_lib.load(folder)), Path(out or folder) / "figure4_teacher_study")
 
 
 def similarity_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
@@ -554,7 +412,7 @@ def similarity_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, An
              "| model | role | map | mean | 95% interval | images | seeds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         interval = "—" if math.isnan(r["low"]) else f"[{r['low']:.3f}, {r['high']:.3f}]"
-        lines.append(f"| {_label(r['student'])} | {r.get('role', 'student')} | "
+        lines.append(f"| {run_label(r['student'])} | {r.get('role', 'student')} | "
                      f"{'Grad-CAM' if r['map'] == 'gradcam' else 'SmoothGrad'} | "
                      f"{r['mean']:.3f} | {interval} | {r['images']} | {r['seeds']} |")
     if differences:
@@ -563,17 +421,7 @@ def similarity_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, An
                   "| difference | map | mean | 95% interval | seeds |", "|---|---|---|---|---|"]
         for d in differences:
             interval = "—" if d["low"] is None else f"[{d['low']:+.3f}, {d['high']:+.3f}]"
-            lines.append(f"| {_label(d['of'])} − {_label(d['minus'])} | "
+            lines.append(f"| {run_label(d['of'])} − {run_label(d['minus'])} | "
                          f"{'Grad-CAM' if d['map'] == 'gradcam' else 'SmoothGrad'} | {d['mean']:+.3f} | {interval} | "
                          f"{d['seeds']} |")
     return "\n".join(lines) + "\n"
-
-
-def _write_json(path: Path, obj: Any) -> list[Path]:
-    return _write_text(path, json.dumps(obj, indent=1, allow_nan=True))
-
-
-def _write_text(path: Path, text: str) -> list[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_text(path, text)
-    return [path]

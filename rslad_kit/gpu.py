@@ -1,4 +1,5 @@
-"""Process-wide GPU settings: deterministic kernels, several workers per GPU, and NVIDIA MPS.
+"""Devices and process-wide GPU settings: naming a device, CPU cores, deterministic kernels, several
+workers per GPU, and NVIDIA MPS.
 
 What is exact without `deterministic`: on a CPU, everything (the loader and every epoch's randomness
 are seeded from (seed, epoch), and CPU kernels do not race), so a resumed run is bitwise equal to an
@@ -19,6 +20,18 @@ from rslad_kit.errors import UserError
 
 CUBLAS_WORKSPACE = ":4096:8"   # cuBLAS needs a fixed workspace for deterministic GEMMs (or ":16:8")
 MPS_PIPE_DIR = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a config's `device` names; "auto" is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (macOS has no sched_getaffinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def set_deterministic(on: bool) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -42,9 +41,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rslad_kit import attacks as atk
-from rslad_kit import config, data, evaluate, figures, models, runs, saliency, solutions, teacher_study, train
-from rslad_kit.errors import UserError
-from rslad_kit.losses import METHODS, entropy, rslad_loss
+from rslad_kit import config, data, evaluate, figures, gpu, loading, models, runs, saliency, solutions, teacher_study
+from rslad_kit import train
+from rslad_kit.errors import UserError, did_you_mean
+from rslad_kit.losses import METHODS, entropy, loads_teacher, rslad_loss
 
 # The presets a notebook's SCALE may name (config.PRESETS). smoke: what CI runs; two epochs of the
 # classroom. A new classroom preset is one more name here and its entry in QUICK_STUDY.
@@ -80,7 +80,8 @@ class Lab:
     def config(self, method: str, **overrides: Any) -> config.TrainConfig:
         """The preset's config of `method` at this scale (a student needing a teacher gets this scale's)."""
         if method not in METHODS:
-            raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+            raise UserError(f"unknown method {method!r}; {did_you_mean(method, METHODS)}choose from "
+                            f"{', '.join(METHODS)}")
         extra = {"epochs": self.epochs} if self.epochs else {}
         if METHODS[method].needs_teacher and "teacher" not in overrides:
             extra["teacher"] = self.teacher_spec
@@ -105,7 +106,7 @@ class Lab:
     @property
     def device(self) -> torch.device:
         """Where this scale computes: CUDA when present (the preset's "auto"), else the CPU."""
-        return train.resolve_device(self.config("sat").device)
+        return gpu.resolve_device(self.config("sat").device)
 
     def dataset(self) -> data.Dataset:
         """This scale's dataset, its splits on `device` (so evaluations and maps run there too)."""
@@ -124,22 +125,21 @@ class Lab:
         """This scale's teacher, frozen and in eval mode: trained once into runs/<scale>/<kind>, a file
         shipped with the kit, or a RobustBench file."""
         spec = self.teacher_config(kind)
-        if isinstance(spec, str) and spec.startswith("shipped:"):
-            return train.load_model(models.shipped_file(spec.partition(":")[2])).to(self.device).requires_grad_(False)
-        if isinstance(spec, str):
-            return models.load_teacher(spec, self.config("sat").dataset, self.model_dir).to(self.device)
+        if isinstance(spec, str):   # a shipped or RobustBench teacher: a file
+            teacher = loading.load_model(spec, dataset=self.config("sat").dataset, model_dir=self.model_dir)
+            return teacher.to(self.device).requires_grad_(False)
         return self.train(spec, kind).requires_grad_(False)
 
     def arch(self, run: str) -> str:
         """The registry architecture of this scale's "teacher" / "teacher-natural", or of a method's
         run (Grad-CAM's target layer depends on it)."""
         spec = self.teacher_config(run) if run in ("teacher", "teacher-natural") else self.config(run)
-        if isinstance(spec, str) and spec.startswith("shipped:"):
-            return models.shipped_record(spec.partition(":")[2])["config"]["model"]
-        if isinstance(spec, str):   # a RobustBench teacher: the architecture of its class
-            entry = models.ZOO[(self.config("sat").dataset, spec.removeprefix("robustbench:"))]
-            return saliency.ZOO_ARCHS[entry.arch]
-        return spec.model
+        if not isinstance(spec, str):
+            return spec.model
+        kind, name = loading.parse_spec(spec)
+        if kind == "shipped":
+            return models.shipped_record(name)["config"]["model"]
+        return saliency.ZOO_ARCHS[models.ZOO[(self.config("sat").dataset, name)].arch]   # its class's architecture
 
     def folder(self, cfg: config.TrainConfig, name: str) -> Path:
         """Where the run of `cfg` is cached: runs/<scale>/<name>, unless that folder holds a run of other
@@ -153,7 +153,7 @@ class Lab:
         """`cfg` with its teacher "teacher" / "teacher-natural" naming the folder that holds this lab's
         teacher of that kind (a student of a 3-epoch teacher is another run than one of the full teacher)."""
         kind = cfg.teacher
-        if kind not in ("teacher", "teacher-natural") or not train.needs_teacher(cfg):
+        if kind not in ("teacher", "teacher-natural") or not loads_teacher(cfg):
             return cfg
         recipe = self.teacher_config(kind)
         if isinstance(recipe, str):   # a RobustBench teacher: a file, not a run folder
@@ -181,7 +181,7 @@ class Lab:
 
     def train(self, cfg: config.TrainConfig, name: str, *, curves: bool = False) -> nn.Module:
         """`trained` in `folder(cfg, name)`; trains this scale's teacher first when `cfg` reads it."""
-        if cfg.teacher in ("teacher", "teacher-natural") and train.needs_teacher(cfg):
+        if cfg.teacher in ("teacher", "teacher-natural") and loads_teacher(cfg):
             self.teacher(cfg.teacher)
         cfg = self.resolve(cfg)
         return trained(cfg, self.folder(cfg, name), dataset=self.dataset(), curves=curves).to(self.device)
@@ -212,8 +212,8 @@ def setup(scale: str = "classroom", *, runs: str = "runs", data_root: str = "dat
 
 def environment() -> dict[str, Any]:
     """Versions, device and threads: what a run records, and what to check first when a lab misbehaves."""
-    return {"python": platform.python_version(), **runs.provenance(train.resolve_device("auto")),
-            "cores": train.available_cores(), "ipywidgets": widgets.__version__,
+    return {"python": platform.python_version(), **runs.provenance(gpu.resolve_device("auto")),
+            "cores": gpu.available_cores(), "ipywidgets": widgets.__version__,
             "scikit-learn": sklearn.__version__}
 
 
@@ -248,7 +248,7 @@ def trained(cfg: config.TrainConfig, out: str | Path, *, dataset: data.Dataset |
     else:
         live = LiveCurves(out.name) if curves else None
         train.train(cfg, out, resume=(out / "last.pt").is_file(), dataset=dataset, on_epoch=live)
-    return train.load_model(out)
+    return loading.load_model(out)
 
 
 # --- figures ---------------------------------------------------------------------------------------
@@ -272,27 +272,6 @@ class LiveCurves:
         else:
             self.handle.update(self.figure)
         plt.close(self.figure)
-
-
-def perturbation_figure(p: atk.Perturbation) -> Figure:
-    """Three rows per image: x with its prediction, the perturbation (grey = 0), x' with its prediction."""
-    n = len(p.x)
-    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5), squeeze=False, layout="constrained")
-    scale = max(p.max_delta, 1e-12)
-    rows = (("x", p.x, p.pred, None), ("x' - x", 0.5 + p.delta / (2 * scale), None, None),
-            ("x'", p.x_adv, p.pred_adv, p.confidence_adv))
-    for r, (label, images, pred, conf) in enumerate(rows):
-        for i in range(n):
-            ax = axes[r, i]
-            image = images[i].permute(1, 2, 0).squeeze(-1).cpu().clamp(0, 1).numpy()
-            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            if pred is not None:
-                text = f"{pred[i].item()}" + (f" ({conf[i].item():.0%})" if conf is not None else "")
-                ax.set_title(text, color="green" if pred[i] == p.y[i] else "red", fontsize=9)
-        axes[r, 0].set_ylabel(label)
-    fig.suptitle(f"max |x' - x| = {p.max_delta:.3f}")
-    return fig
 
 
 # --- widgets ---------------------------------------------------------------------------------------
@@ -321,7 +300,7 @@ class EpsExplorer:
         else:
             self.summary = atk.perturbation(self.models[self.model.value], self.x, self.y,
                                             eps=self.slider.value, attack=self.attack.value)
-        self.figure = perturbation_figure(self.summary)   # kept: what the output shows, for tests
+        self.figure = figures.perturbation(self.summary)   # kept: what the output shows, for tests
         with self.output:
             clear_output(wait=True)
             _show(self.figure)
@@ -399,18 +378,7 @@ class AlphaExplorer:
         curves = [rslad_loss(self.s_nat, self.s_adv, self.t_nat, alpha=a) for a in alphas]
         self.terms = {k: v.item() for k, v in rslad_loss(self.s_nat, self.s_adv, self.t_nat,
                                                           alpha=self.slider.value).items()}
-        self.figure, (bars, lines) = plt.subplots(1, 2, figsize=(8.5, 3), layout="constrained")
-        labels = ["(1−α)·KL(S(x), T(x))", "α·KL(S(x'), T(x))", "sum"]
-        bars.bar(labels, [self.terms["kl_nat"], self.terms["kl_adv"], sum(self.terms.values())],
-                 color=["tab:blue", "tab:red", "grey"])
-        bars.set_title(f"the loss at α = {self.slider.value:.3f}")
-        bars.tick_params(axis="x", labelsize=7)
-        for key, label, colour in (("kl_nat", labels[0], "tab:blue"), ("kl_adv", labels[1], "tab:red")):
-            lines.plot(alphas, [c[key].item() for c in curves], label=label, color=colour)
-        lines.plot(alphas, [sum(c.values()).item() for c in curves], label="sum", color="grey")
-        lines.axvline(self.slider.value, color="black", linewidth=0.8)
-        lines.axvline(5 / 6, color="black", linestyle=":", linewidth=0.8, label="paper's α = 5/6")
-        lines.set_xlabel("α"), lines.legend(fontsize=7)
+        self.figure = figures.rslad_terms(alphas, curves, self.terms, self.slider.value)
         with self.output:
             clear_output(wait=True)
             _show(self.figure)
@@ -444,14 +412,7 @@ class SoftLabelExplorer:
         smooth = (1 - self.smoothing.value) * one_hot + self.smoothing.value / num_classes
         labels = {f"teacher at τ = {self.tau.value:.2f}": teacher, f"smoothing s = {self.smoothing.value:.2f}": smooth}
         self.entropies = {k: entropy(p[None])[0].item() for k, p in labels.items()}
-        self.figure, axes = plt.subplots(1, 2, figsize=(8.5, 2.8), sharey=True, layout="constrained")
-        for ax, (name, probs) in zip(axes, labels.items()):
-            colours = ["tab:green" if k == int(self.y[i]) else "tab:grey" for k in range(num_classes)]
-            ax.bar(self.class_names, probs.numpy(), color=colours)
-            ax.set_title(f"{name}\nentropy {self.entropies[name]:.2f} nats (max ln {num_classes} = "
-                         f"{math.log(num_classes):.2f})", fontsize=9)
-            ax.set_ylim(0, 1)
-        axes[0].set_ylabel(f"image {i}: P(class); true class in green")
+        self.figure = figures.one_soft_label(labels, self.entropies, int(self.y[i]), self.class_names, image=i)
         with self.output:
             clear_output(wait=True)
             _show(self.figure)
@@ -574,7 +535,7 @@ def describe(cfg: config.TrainConfig | str) -> str:
     if isinstance(cfg, str):   # a RobustBench teacher: nothing to train
         return f"{cfg} (a pretrained file, not trained here)"
     a = cfg.attack
-    teacher = f", distilled from {cfg.teacher}" if cfg.teacher and train.needs_teacher(cfg) else ""
+    teacher = f", distilled from {cfg.teacher}" if cfg.teacher and loads_teacher(cfg) else ""
     return (f"{cfg.method} · {cfg.model} on {cfg.dataset} · {cfg.epochs} epochs · eps {a.eps:.4g}, "
             f"PGD-{a.steps} step {a.step_size:.3g}{teacher}")
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:   # for annotations only: configs sit a floor above the losses
+    from rslad_kit.config import TrainConfig
 
 Terms = dict[str, Tensor]
 
@@ -149,6 +152,7 @@ def rslad_loss(s_nat: Tensor, s_adv: Tensor, t_nat: Tensor, alpha: float = 5 / 6
 #   "none": no attack (x' = x);   "ce": CE(S(x'), y);
 #   "kl_self": KL(S(x'), S(x)) (TRADES);   "kl_teacher": KL(S(x'), T(x)) (RSLAD).
 Objective = Literal["none", "ce", "kl_self", "kl_teacher"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,8 @@ class Method:
 
     @property
     def needs_teacher(self) -> bool:
+        """Whether the method distils from a teacher, at its own objective and with teacher soft labels
+        (a run's config can change both: `loads_teacher(cfg)` answers for a run)."""
         return self.attack == "kl_teacher" or any(name.startswith("t_") for name in self.inputs)
 
 
@@ -185,3 +191,20 @@ METHODS: dict[str, Method] = {
     "iad": Method(iad_loss, attack="ce"),
     "rslad": Method(rslad_loss, attack="kl_teacher"),
 }
+
+
+# --- what a run of a config reads: its method, as its config overrides it ----------------------------
+
+def attack_objective(cfg: TrainConfig) -> Objective:
+    """The objective a run's attack maximises: the config's `objective` where it sets one (Table 6 pairs
+    one method's loss with another's attack), else its method's."""
+    return cfg.objective or METHODS[cfg.method].attack
+
+
+def loads_teacher(cfg: TrainConfig) -> bool:
+    """Whether a run of `cfg` reads a teacher: its loss reads the teacher's logits on adversarial
+    examples, or it reads soft labels (in its loss or its attack) and they are the teacher's (SSL,
+    `soft_labels="smooth"`, builds them from y instead)."""
+    method = METHODS[cfg.method]
+    reads_soft_labels = "t_nat" in method.inputs or attack_objective(cfg) == "kl_teacher"
+    return "t_adv" in method.inputs or (reads_soft_labels and cfg.soft_labels == "teacher")

@@ -1,4 +1,6 @@
-"""Architectures, the model registry, checkpoint loading, RobustBench teachers and the kit's shipped teachers.
+"""Architectures, the model registry, checkpoint reading, RobustBench's zoo files and the kit's shipped teachers.
+
+Turning a name or spec into a model is rslad_kit/loading.py's job; this module holds what it reads.
 
 Conventions (the whole kit relies on them):
 
@@ -16,14 +18,15 @@ Conventions (the whole kit relies on them):
   Where that activation was a function call, it is a weightless module (`relu`, `relu2`), so state dicts
   are unchanged.
 
-RobustBench teachers (`load_teacher`). The kit does not import `robustbench`: PyPI robustbench 1.1.1 cannot
-be imported as released (it imports `autoattack` but depends on `pyautoattack`; it also pins timm and gdown
-and needs setuptools<81). Instead the kit's own architectures read RobustBench's on-disk layout
-`{model_dir}/{dataset}/Linf/{name}.pt`, so one folder of downloaded weights serves both tools.
+RobustBench teachers (`ZOO`; loaded by `loading.load_model("robustbench:<name>", ...)`). The kit does not
+import `robustbench`: PyPI robustbench 1.1.1 cannot be imported as released (it imports `autoattack` but
+depends on `pyautoattack`; it also pins timm and gdown and needs setuptools<81). Instead the kit's own
+architectures read RobustBench's on-disk layout `{model_dir}/{dataset}/Linf/{name}.pt`, so one folder of
+downloaded weights serves both tools.
 
 The CIFAR-100 Gowal et al. WRN-70-16 normalises with CIFAR-100 statistics, as DeepMind's eval script and
 RobustBench do. The official RSLAD script built it with CIFAR-10 statistics; pass
-`load_teacher(..., rslad_official_stats=True)` to reproduce that.
+`load_model(..., rslad_official_stats=True)` (rslad_kit/loading.py) to reproduce that.
 
 Shipped teachers (`shipped_file`): teachers that cost more than a live demo can pay are trained once by
 `rslad-kit teacher NAME` (bit for bit on a CPU) and committed under `rslad_kit/teachers/` as
@@ -47,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rslad_kit import runs
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, did_you_mean
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -325,7 +328,8 @@ class DMWideResNet(nn.Module):
     """DeepMind/RobustBench WideResNet: Swish (= SiLU), "SAME" padding, `(x - mean) / std` inside forward.
 
     mean/std are non-persistent buffers because RobustBench's zoo files carry no such keys. With no
-    mean/std given the model normalises nothing (use `load_teacher` for the RobustBench configuration).
+    mean/std given the model normalises nothing (`loading.load_model("robustbench:<name>")` builds the
+    RobustBench configuration).
     """
 
     def __init__(self, depth: int = 70, width: int = 16, num_classes: int = 10, in_channels: int = 3,
@@ -398,7 +402,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def check_name(name: str) -> None:
     if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise UserError(f"unknown model {name!r}; {did_you_mean(name, MODELS)}choose one of: {', '.join(MODELS)}")
 
 
 def build(name: str, num_classes: int, in_channels: int = 3,
@@ -543,14 +547,15 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
         DMWideResNet, dict(depth=34, width=20, num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD),
         "1YWvZO1u9_yNLFNC3JYd_TVkvrRSMER1O", 85.64, 56.86, 8 / 255),
     # CIFAR-100 statistics, as DeepMind and RobustBench; the official RSLAD script used CIFAR-10's
-    # (load_teacher's rslad_official_stats=True reproduces that).
+    # (loading.load_model's rslad_official_stats=True reproduces that).
     ("cifar100", "Gowal2020Uncovering"): ZooEntry(
         DMWideResNet, dict(depth=70, width=16, num_classes=100, mean=CIFAR100_MEAN, std=CIFAR100_STD),
         "16I86x2Vv_HCRKROC86G4dQKgO3Po5mT3", 60.86, 30.03, 8 / 255),
 }
 
 
-def _known_teachers() -> str:
+def known_zoo() -> str:
+    """The RobustBench names the kit can build, by dataset (for error messages)."""
     datasets = sorted({d for d, _ in ZOO})
     return "; ".join(f"{d}: {', '.join(n for dd, n in ZOO if dd == d)}" for d in datasets)
 
@@ -562,7 +567,7 @@ def _download(file_id: str, dest: Path) -> None:
     gdown.download(id=file_id, output=str(dest), quiet=False)
 
 
-def _fetch(entry: ZooEntry, path: Path) -> None:
+def fetch(entry: ZooEntry, path: Path) -> None:
     """Download into a temporary file beside `path` and move it into place only if it looks right."""
     how = f"place the RobustBench file there by hand (https://drive.google.com/uc?id={entry.gdrive_id})"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -591,38 +596,6 @@ def _fetch(entry: ZooEntry, path: Path) -> None:
 def zoo_path(dataset: str, name: str, model_dir: str | Path = "models") -> Path:
     """Where RobustBench keeps (and the kit reads) a zoo model: `{model_dir}/{dataset}/Linf/{name}.pt`."""
     return Path(model_dir) / dataset / "Linf" / f"{name}.pt"
-
-
-def load_teacher(spec: str, dataset: str, model_dir: str | os.PathLike = "models", *,
-                 download: bool = True, rslad_official_stats: bool = False) -> nn.Module:
-    """A frozen RobustBench teacher from `spec = "robustbench:<name>"`, in eval mode, requires_grad off.
-
-    Reads `{model_dir}/{dataset}/Linf/{name}.pt` (RobustBench's layout), downloading it with gdown if
-    absent and `download` is set. `rslad_official_stats=True` normalises with CIFAR-10 statistics where
-    RobustBench uses CIFAR-100's (the CIFAR-100 Gowal teacher), as the official RSLAD script did; it
-    changes nothing for the other teachers.
-    """
-    prefix, _, name = spec.partition(":")
-    if prefix != "robustbench" or not name:
-        raise UserError(f"teacher spec {spec!r} not understood; use 'robustbench:<name>' "
-                        f"({_known_teachers()})")
-    if (dataset, name) not in ZOO:
-        raise UserError(f"no RobustBench teacher {name!r} for {dataset!r}; known: {_known_teachers()}")
-    entry = ZOO[(dataset, name)]
-    kwargs = dict(entry.kwargs)
-    if rslad_official_stats and kwargs.get("mean") == CIFAR100_MEAN:
-        kwargs.update(mean=CIFAR10_MEAN, std=CIFAR10_STD)
-
-    path = zoo_path(dataset, name, model_dir)
-    if not path.is_file():
-        if not download:
-            raise UserError(f"teacher file {path} not found; pass download=True or place the RobustBench "
-                            f"file there (https://drive.google.com/uc?id={entry.gdrive_id})")
-        _fetch(entry, path)
-    model = load_checkpoint(entry.arch(**kwargs), path)
-    model.eval()
-    model.requires_grad_(False)
-    return model
 
 
 # ---------------------------------------------------------------- teachers shipped with the kit

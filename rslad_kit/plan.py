@@ -17,18 +17,29 @@ from pathlib import Path
 
 import torch
 
-from rslad_kit import data
-from rslad_kit import evaluate as evaluate_lib
-from rslad_kit import models
+from rslad_kit import data, models, runs
 from rslad_kit.config import PlanConfig, TrainConfig
-from rslad_kit.losses import METHODS
+from rslad_kit.errors import UserError
+from rslad_kit.evaluate import PAPER_ATTACKS   # the paper's white-box attacks: Tables 2, 3, 4, 6
+from rslad_kit.losses import attack_objective
 
 PAPER_METHODS = ("natural", "sat", "trades", "mart", "ard", "iad", "rslad")
-WHITE_BOX = evaluate_lib.PAPER_ATTACKS                     # Tables 2, 3, 4, 6
 BLACK_BOX = ("transfer_pgd", "transfer_cw", "square")      # Table 5
 SOFT_LABEL_ATTACKS = ("clean", "pgd_trades", "autoattack")  # Table 7
-CHECKS = WHITE_BOX + ("pgd_large_eps",)                   # best checkpoints: the tables' attacks + the large-eps check
+CHECKS = PAPER_ATTACKS + ("pgd_large_eps",)               # best checkpoints: the tables' attacks + the large-eps check
 SLOW_ATTACKS = ("autoattack", "square")                     # query-bound: a fixed cost per model on a CPU
+
+# How tables and figures name a method, a Table 6 row or a helper run (evaluate.attack_label names attacks).
+LABELS = {"natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART", "ard": "ARD", "iad": "IAD",
+          "rslad": "RSLAD", "ard-300": "ARD-300", "ard_min+rslad_max": "ARD_min + RSLAD_max",
+          "rslad_min+ard_max": "RSLAD_min + ARD_max", "teacher": "Teacher", "random-init": "Random init",
+          "teacher-reseeded": "2nd teacher"}
+
+
+def run_label(name: str) -> str:
+    """How tables and figures name a method, row or run ("rslad" -> "RSLAD"); other names as given."""
+    return LABELS.get(name, name)
+
 
 # Table 6: (outer-minimisation method, inner-maximisation method), all under RSLAD's schedule.
 ABLATIONS = {
@@ -86,12 +97,33 @@ class Plan:
         slow_ok = (k is None or seed < k) and checkpoint in ckpts
         return tuple(a for a in attacks if a not in SLOW_ATTACKS or slow_ok)
 
-    # --- results -------------------------------------------------------------------------------------
+    # --- the results folder: runs/<run>/ (run folders) and evals/<run>.json ---------------------------
+
+    def run_dir(self, run: str) -> Path:
+        """The run folder of `run` (best.pt, last.pt, metrics.jsonl)."""
+        return self.out / "runs" / run
+
+    @property
+    def evals_dir(self) -> Path:
+        """The evaluations: one eval_file per run, and AutoAttack's progress while one runs."""
+        return self.out / "evals"
+
+    def eval_file(self, run: str) -> Path:
+        """The evaluations of `run`'s checkpoints: checkpoint -> attack -> accuracy, and their provenance."""
+        return self.evals_dir / f"{run}.json"
 
     def evals(self) -> dict[str, dict]:
-        """The evaluations on disk: run name -> its evals/<run>.json (checkpoint -> attack -> accuracy)."""
-        folder = self.out / "evals"
+        """The evaluations on disk: run name -> its eval_file (checkpoint -> attack -> accuracy)."""
+        folder = self.evals_dir
         return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
+
+    def is_done(self, task: Task) -> bool:
+        """Whether the task's result is already on disk: a finished run, or every attack evaluated."""
+        if task.kind == "train":
+            return runs.is_finished(self.run_dir(task.name))
+        path = self.eval_file(task.name.removeprefix("eval:"))
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        return all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items())
 
     # --- tasks ---------------------------------------------------------------------------------------
 
@@ -115,11 +147,54 @@ class Plan:
         return (cfg.teacher,) if cfg.teacher in self.runs else ()
 
 
+# --- what runs next ---------------------------------------------------------------------------------
+
+class Schedule:
+    """What may run next over a list of tasks: `ready` lists the pending tasks whose needs are met (done,
+    or not among these tasks: a finished task left out of the list). `reproduce.execute` and
+    `sweep.dispatch` both schedule with it; `start` and `finish` move a task along."""
+
+    def __init__(self, tasks: list[Task]):
+        self.pending = list(tasks)
+        self.names = {t.name for t in tasks}
+        self.running: set[str] = set()
+        self.done: set[str] = set()
+
+    def ready(self) -> list[Task]:
+        """The pending tasks that may start now, in the given order. Raises a UserError when none can
+        ever start: nothing runs and each pending task waits on another (a cycle)."""
+        ready = [t for t in self.pending if set(t.needs) & self.names <= self.done]
+        if self.pending and not ready and not self.running:
+            raise UserError(f"the plan's tasks wait on each other in a cycle: "
+                            f"{', '.join(t.name for t in self.pending)}")
+        return ready
+
+    def start(self, task: Task) -> None:
+        self.pending.remove(task)
+        self.running.add(task.name)
+
+    def finish(self, task: Task) -> None:
+        self.running.discard(task.name)
+        self.done.add(task.name)
+
+
+def waves(tasks: list[Task]) -> list[list[Task]]:
+    """The tasks in groups, each group needing only tasks of earlier groups."""
+    schedule, groups = Schedule(tasks), []
+    while schedule.pending:
+        groups.append(schedule.ready())
+        for task in groups[-1]:
+            schedule.start(task)
+        for task in groups[-1]:
+            schedule.finish(task)
+    return groups
+
+
 # --- cost ------------------------------------------------------------------------------------------
 
 def estimate_cost(cfg: TrainConfig) -> float:
     """Relative training cost: epochs x (attack steps + forwards) x model size (parameters)."""
-    passes = 1 + (cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0)
+    passes = 1 + (cfg.attack.steps if attack_objective(cfg) != "none" else 0)
     with torch.device("meta"):
         size = sum(p.numel() for p in models.build(cfg.model, 10, in_channels=data.channels(cfg.dataset))
                    .parameters())

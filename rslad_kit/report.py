@@ -16,17 +16,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from rslad_kit.evaluate import MASKING_CHECKS, masking_checks
-from rslad_kit.plan import BLACK_BOX, SOFT_LABEL_ATTACKS, WHITE_BOX, Plan
+from rslad_kit.evaluate import MASKING_CHECKS, attack_label, masking_checks
+from rslad_kit.plan import BLACK_BOX, PAPER_ATTACKS, SOFT_LABEL_ATTACKS, Plan, run_label
 from rslad_kit.stats import MAX_SEEDS, RESOLUTION, Paired, paired
 from rslad_kit.runs import write_text
 
-ATTACK_NAMES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES", "cw": "CW∞",
-                "autoattack": "AA", "transfer_pgd": "PGD-20 (transfer)", "transfer_cw": "CW∞ (transfer)",
-                "square": "Square", "pgd_large_eps": "PGD (eps 0.5)"}
-ROW_NAMES = {"natural": "Natural", "sat": "SAT", "trades": "TRADES", "mart": "MART", "ard": "ARD", "iad": "IAD",
-             "rslad": "RSLAD", "ard-300": "ARD-300", "ard_min+rslad_max": "ARD_min + RSLAD_max",
-             "rslad_min+ard_max": "RSLAD_min + ARD_max"}
 PAPER_MODELS = {"resnet18": "RN-18", "mobilenetv2": "MN-V2"}
 
 
@@ -88,7 +82,7 @@ class Table:
     note: str = ""
 
     def markdown(self) -> str:
-        head = ["Model", "Row", "Source"] + [f"{ckpt}: {ATTACK_NAMES[a]}" for ckpt, a in self.columns]
+        head = ["Model", "Row", "Source"] + [f"{ckpt}: {attack_label(a)}" for ckpt, a in self.columns]
         lines = [f"# Table {self.number}: {self.title}", ""]
         if self.note:
             lines += [self.note, ""]
@@ -124,12 +118,12 @@ def _rows(plan, evals, paper, table, student, row, label, columns, paper_row=Non
 
 def build_tables(plan: Plan) -> list[Table]:
     evals, paper = plan.evals(), paper_numbers()
-    both = [(c, a) for c in ("best", "last") for a in WHITE_BOX]
+    both = [(c, a) for c in ("best", "last") for a in PAPER_ATTACKS]
     tables = []
     pc = plan.plan
 
     if 2 in pc.tables:
-        cols = [("best", a) for a in WHITE_BOX]
+        cols = [("best", a) for a in PAPER_ATTACKS]
         dataset = "cifar100" if plan.dataset == "cifar100" else "cifar10"
         teacher_model = "wrn-70-16" if dataset == "cifar100" else "wrn-34-10"
         rows = []
@@ -147,7 +141,7 @@ def build_tables(plan: Plan) -> list[Table]:
         if number not in pc.tables:
             continue
         rows = [line for student in pc.students for m in plan.methods
-                for line in _rows(plan, evals, paper, number, student, m, ROW_NAMES.get(m, m), both)]
+                for line in _rows(plan, evals, paper, number, student, m, run_label(m), both)]
         tables.append(Table(number, f"white-box robustness on {plan.dataset}", both, rows,
                             "Best = the epoch with the best PGD_TRADES accuracy on the validation split "
                             "(clean accuracy for Natural); last = the final epoch."))
@@ -155,15 +149,15 @@ def build_tables(plan: Plan) -> list[Table]:
     if 5 in pc.tables:
         cols = [("best", a) for a in BLACK_BOX]
         rows = [line for student in pc.students for m in plan.methods if (5, student, m) in plan.rows
-                for line in _rows(plan, evals, paper, 5, student, m, ROW_NAMES.get(m, m), cols)]
+                for line in _rows(plan, evals, paper, 5, student, m, run_label(m), cols)]
         tables.append(Table(5, "black-box robustness (transfer from the surrogate; Square)", cols, rows))
 
     if 6 in pc.tables:
-        cols = [("best", a) for a in WHITE_BOX]
+        cols = [("best", a) for a in PAPER_ATTACKS]
         student = pc.students[0]
         names = [r for (t, s, r) in plan.rows if t == 6 and s == student]
         rows = [line for r in names
-                for line in _rows(plan, evals, paper, 6, student, r, ROW_NAMES.get(r, r), cols)]
+                for line in _rows(plan, evals, paper, 6, student, r, run_label(r), cols)]
         tables.append(Table(6, "ablation: inner/outer losses of ARD and RSLAD, under RSLAD's schedule", cols, rows))
 
     if 7 in pc.tables:
@@ -222,8 +216,8 @@ def rankings(plan: Plan) -> list[str]:
         ranked = sorted(((c.mean, m, c) for m, c in cells.items() if c.mean is not None), reverse=True)
         if ranked:
             seeds = max(len(c.values) for _, _, c in ranked)
-            out.append(f"- {ATTACK_NAMES[attack]} ({seeds} seed{'s' if seeds > 1 else ''}): "
-                       + " > ".join(f"{ROW_NAMES.get(m, m)} {c}" for _, m, c in ranked))
+            out.append(f"- {attack_label(attack)} ({seeds} seed{'s' if seeds > 1 else ''}): "
+                       + " > ".join(f"{run_label(m)} {c}" for _, m, c in ranked))
     return out
 
 
@@ -257,18 +251,18 @@ def claims(plan: Plan) -> list[str]:
         for attack in ("pgd_trades", "autoattack"):
             for other in plan.methods:
                 if other not in ("rslad", "natural"):
-                    claim(f"RSLAD beats {ROW_NAMES.get(other, other)} ({ATTACK_NAMES[attack]}, best checkpoint)",
+                    claim(f"RSLAD beats {run_label(other)} ({attack_label(attack)}, best checkpoint)",
                           c(table, "rslad", attack), c(table, other, attack))
         claim("TRADES beats SAT (PGD_TRADES)", c(table, "trades", "pgd_trades"), c(table, "sat", "pgd_trades"))
         claim("ARD beats TRADES (PGD_TRADES)", c(table, "ard", "pgd_trades"), c(table, "trades", "pgd_trades"))
     if 5 in pc.tables:
         for attack in BLACK_BOX:
             for other in ("sat", "trades", "ard", "iad"):
-                claim(f"RSLAD beats {ROW_NAMES[other]} under {ATTACK_NAMES[attack]}",
+                claim(f"RSLAD beats {run_label(other)} under {attack_label(attack)}",
                       c(5, "rslad", attack), c(5, other, attack))
     if 6 in pc.tables:
         for variant in ("ard-300", "ard_min+rslad_max", "rslad_min+ard_max"):
-            claim(f"RSLAD beats {ROW_NAMES[variant]} (PGD_TRADES)", c(6, "rslad", "pgd_trades"),
+            claim(f"RSLAD beats {run_label(variant)} (PGD_TRADES)", c(6, "rslad", "pgd_trades"),
                   c(6, variant, "pgd_trades"))
         claim("Either RSLAD half improves ARD-300: ARD_min + RSLAD_max (PGD_TRADES)",
               c(6, "ard_min+rslad_max", "pgd_trades"), c(6, "ard-300", "pgd_trades"))
@@ -277,7 +271,7 @@ def claims(plan: Plan) -> list[str]:
     if 7 in pc.tables:
         for kind in ("ssl", "nsl"):
             for attack in ("pgd_trades", "autoattack"):
-                claim(f"Robust soft labels beat {kind.upper()} ({ATTACK_NAMES[attack]})",
+                claim(f"Robust soft labels beat {kind.upper()} ({attack_label(attack)})",
                       c(7, "rslad", attack), c(7, f"rslad-{kind}", attack))
     return out
 

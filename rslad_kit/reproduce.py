@@ -37,13 +37,13 @@ from tqdm.auto import tqdm
 
 from rslad_kit import data as data_lib
 from rslad_kit import evaluate as evaluate_lib
-from rslad_kit import gpu, models, runs, train
+from rslad_kit import gpu, loading, models, runs, train
 from rslad_kit import report
 from rslad_kit.config import PRESETS, SHIPPED_TEACHERS, TrainConfig, override, preset, to_dict
-from rslad_kit.errors import UserError
-from rslad_kit.losses import METHODS
-from rslad_kit.plan import (ABLATIONS, BLACK_BOX, CHECKS, PAPER_METHODS, SLOW_ATTACKS, SOFT_LABEL_ATTACKS,
-                            WHITE_BOX, Plan, Task)
+from rslad_kit.errors import UserError, did_you_mean
+from rslad_kit.losses import METHODS, attack_objective
+from rslad_kit.plan import (ABLATIONS, BLACK_BOX, CHECKS, PAPER_ATTACKS, PAPER_METHODS, SLOW_ATTACKS,
+                            SOFT_LABEL_ATTACKS, Plan, Schedule, Task, waves)
 
 def _student_cfg(p: str, row: str, student: str, seed: int, teacher: str) -> TrainConfig:
     """The config of one Table 3/6/7 row."""
@@ -71,7 +71,7 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     """
     if p not in PRESETS or PRESETS[p].plan is None:
         known = [name for name, pr in PRESETS.items() if pr.plan is not None]
-        raise UserError(f"unknown preset {p!r} for reproduce; choose from {', '.join(known)}")
+        raise UserError(f"unknown preset {p!r} for reproduce; {did_you_mean(p, known)}choose from {', '.join(known)}")
     pc = PRESETS[p].plan
     if tables:
         pc = replace(pc, tables=tuple(tables))
@@ -86,7 +86,8 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
                 teacher_spec=pc.teacher if isinstance(pc.teacher, str) else "teacher", base=base)
     unknown = [m for m in plan.methods if m not in METHODS]
     if unknown:
-        raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown method {unknown[0]!r}; {did_you_mean(unknown[0], METHODS)}choose from "
+                        f"{', '.join(METHODS)}")
 
     # --- helper models: the robust teacher, the natural teacher (NSL) and the surrogate (Table 5)
     if not isinstance(pc.teacher, str):
@@ -96,11 +97,11 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     plan.need("teacher", "best", CHECKS)   # a zoo teacher is evaluated from its file
     if 7 in pc.tables:
         plan.runs["teacher-natural"] = override(preset(p, "natural", **overrides), **pc.natural_teacher)
-        plan.need("teacher-natural", "best", WHITE_BOX)
+        plan.need("teacher-natural", "best", PAPER_ATTACKS)
     if 5 in pc.tables:
         plan.runs["surrogate"] = override(preset(p, pc.surrogate["method"], **overrides), **pc.surrogate,
                                           seed=10_000)   # its own seed: a different model from any student
-        plan.need("surrogate", "best", tuple(a for a in WHITE_BOX if a not in SLOW_ATTACKS))
+        plan.need("surrogate", "best", tuple(a for a in PAPER_ATTACKS if a not in SLOW_ATTACKS))
 
     def add_row(table: int, student: str, row: str, seed: int, ckpts: dict[str, tuple[str, ...]],
                 new_runs: bool = True) -> None:
@@ -120,7 +121,7 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
         for seed in plan.seeds:
             if white_box_table in pc.tables:
                 for m in plan.methods:
-                    add_row(white_box_table, student, m, seed, {"best": CHECKS, "last": WHITE_BOX})
+                    add_row(white_box_table, student, m, seed, {"best": CHECKS, "last": PAPER_ATTACKS})
             if 5 in pc.tables:
                 for m in plan.methods:
                     if METHODS[m].attack != "none":
@@ -130,7 +131,7 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
             if 6 in pc.tables:
                 extra = [m for m in plan.methods if m not in PAPER_METHODS]
                 for row in (*ABLATIONS, *extra):
-                    add_row(6, student, row, seed, {"best": WHITE_BOX},
+                    add_row(6, student, row, seed, {"best": PAPER_ATTACKS},
                             new_runs=seed < (pc.ablation_seeds or len(plan.seeds)))
             if 7 in pc.tables:
                 for m in distilling:
@@ -153,24 +154,23 @@ def _dataset_for(cfg: TrainConfig) -> data_lib.Dataset:
     return _dataset(cfg.dataset, cfg.data_root, cfg.val_size, cfg.image_size, cfg.train_size)
 
 
-def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
-    """A run's checkpoint `ckpt` ("best", "last"), or a zoo teacher from its file, in eval mode."""
+def _spec(plan: Plan, run: str, ckpt: str) -> str | Path:
+    """What names a run's checkpoint `ckpt` ("best", "last") for loading.load_model."""
     if run == "teacher" and run not in plan.runs:   # a zoo or shipped teacher, read from its file
-        if plan.teacher_spec.startswith("shipped:"):
-            return train.load_model(checkpoint_file(plan, run, ckpt)).to(device)
-        return models.load_teacher(plan.teacher_spec, plan.dataset, plan.base.model_dir).to(device)
+        return plan.teacher_spec
     if run in plan.zoo:   # a RobustBench teacher under another run name (the teacher study's ladder)
-        return models.load_teacher(plan.zoo[run], plan.dataset, plan.base.model_dir).to(device)
-    return train.load_model(checkpoint_file(plan, run, ckpt)).to(device)
+        return plan.zoo[run]
+    return plan.run_dir(run) / f"{ckpt}.pt"
+
+
+def load_for_eval(plan: Plan, run: str, ckpt: str, device: torch.device) -> torch.nn.Module:
+    """A run's checkpoint `ckpt` ("best", "last"), or a zoo or shipped teacher from its file, in eval mode."""
+    return loading.load_model(_spec(plan, run, ckpt), dataset=plan.dataset, model_dir=plan.base.model_dir).to(device)
 
 
 def checkpoint_file(plan: Plan, run: str, ckpt: str) -> Path:
     """The file behind `load_for_eval(plan, run, ckpt)`."""
-    if run == "teacher" and run not in plan.runs:
-        return train.teacher_path(replace(plan.base, teacher=plan.teacher_spec), plan.out)
-    if run in plan.zoo:
-        return train.teacher_path(replace(plan.base, teacher=plan.zoo[run]), plan.out)
-    return plan.out / "runs" / run / f"{ckpt}.pt"
+    return loading.checkpoint_path(_spec(plan, run, ckpt), dataset=plan.dataset, model_dir=plan.base.model_dir)
 
 
 def _check_unchanged(recorded: str | None, path: Path, where: Path) -> str | None:
@@ -191,13 +191,13 @@ def _check_unchanged(recorded: str | None, path: Path, where: Path) -> str | Non
 
 def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -> None:
     """Do one task, unless its result is already on disk."""
-    device = train.resolve_device(plan.base.device)
+    device = gpu.resolve_device(plan.base.device)
     if task.kind == "train":
-        out = plan.out / "runs" / task.name
+        out = plan.run_dir(task.name)
         if runs.is_finished(out):
             recorded = runs.checkpoint_info(out / "last.pt")["meta"].get("teacher_sha256")
             if recorded:   # a finished student still matches its teacher's file
-                _check_unchanged(recorded, train.teacher_path(task.cfg, out), out / "last.pt")
+                _check_unchanged(recorded, loading.teacher_path(task.cfg, beside=out.parent), out / "last.pt")
             return
         cfg = task.cfg
         ds = _dataset_for(cfg)
@@ -205,15 +205,14 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         return
 
     run = task.name.removeprefix("eval:")
-    path = plan.out / "evals" / f"{run}.json"
+    path = plan.eval_file(run)
     done = json.loads(path.read_text()) if path.is_file() else {}
     sums = {ckpt: _check_unchanged(done.get(ckpt, {}).get("sha256"), checkpoint_file(plan, run, ckpt), path)
             for ckpt in task.checkpoints}
-    if all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items()):
+    if plan.is_done(task):
         return
     cfg = plan.runs.get(run) or plan.base
     ds = _dataset_for(cfg)
-    test = ds.test.to(device)
     surrogate = None
     if any(a.startswith("transfer") for attacks in task.checkpoints.values() for a in attacks):
         surrogate = load_for_eval(plan, "surrogate", "best", device)
@@ -226,11 +225,12 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         cached = {a: v for a, v in by_epoch.get(epoch, {}).items() if a in missing}
         todo = [a for a in missing if a not in cached]
         # AutoAttack keeps its progress in a state file, so an interrupted evaluation resumes.
-        state = plan.out / "evals" / f".{run}.{ckpt}.e{epoch}.autoattack-state.pt"
+        state = plan.evals_dir / f".{run}.{ckpt}.e{epoch}.autoattack-state.pt"
         state.parent.mkdir(parents=True, exist_ok=True)
-        row = evaluate_lib.evaluate(model, test, todo, eps=plan.eps, surrogate=surrogate, autoattack_state=state,
-                                    autoattack_only=plan.plan.autoattack,
-                                    square_queries=plan.plan.square_queries) if todo else {}
+        row = evaluate_lib.evaluate_checkpoint(
+            model, checkpoint_file(plan, run, ckpt), ds.test, todo, eps=plan.eps, device=device, config=to_dict(cfg),
+            seed=cfg.seed, surrogate=surrogate, autoattack_state=state, autoattack_only=plan.plan.autoattack,
+            square_queries=plan.plan.square_queries) if todo else {}
         state.unlink(missing_ok=True)
         scores = cached | {a: row[a] for a in todo}
         by_epoch.setdefault(epoch, {}).update(scores)
@@ -240,14 +240,13 @@ def run_task(task: Task, plan: Plan, position: int = 0, progress: bool = True) -
         entry["sha256"] = sums[ckpt] or runs.sha256(checkpoint_file(plan, run, ckpt))   # read above
         entry.setdefault("seconds", {}).update(row.get("seconds", {}))
         entry["warnings"] = sorted(set(entry.get("warnings", [])) | set(row.get("warnings", [])))
-    done["provenance"] = runs.provenance(device) | {
-        "n": len(test), "eps": plan.eps, "preset": plan.preset, "config": to_dict(cfg), "seed": cfg.seed,
-        "data_sha256": runs.data_checksum(ds.test)}   # the host copy: the same bytes, no copy back
+    done["provenance"] = ({"n": len(ds.test), "eps": plan.eps, "preset": plan.preset}
+                          | evaluate_lib.computed_from(ds.test, device, to_dict(cfg), cfg.seed))
     runs.write_text(path, json.dumps(done, indent=1))
 
 
 def _epoch(plan: Plan, run: str, ckpt: str) -> int | None:
-    path = plan.out / "runs" / run / f"{ckpt}.pt"
+    path = plan.run_dir(run) / f"{ckpt}.pt"
     return runs.checkpoint_info(path)["epoch"] if path.is_file() else None
 
 
@@ -296,14 +295,12 @@ def task_log(plan: Plan, task: Task):
 
 def _critical_path(tasks: list[Task]) -> dict[str, float]:
     """Each task's cost plus the longest chain of tasks waiting on it: run the long chains first."""
-    waiting = {t.name: [u for u in tasks if t.name in u.needs] for t in tasks}
-
-    @functools.cache
-    def length(name: str) -> float:
-        return cost[name] + max((length(u.name) for u in waiting[name]), default=0.0)
-
-    cost = {t.name: t.cost for t in tasks}
-    return {t.name: length(t.name) for t in tasks}
+    waiting = {t.name: [u.name for u in tasks if t.name in u.needs] for t in tasks}
+    length: dict[str, float] = {}
+    for wave in reversed(waves(tasks)):   # a task's waiting tasks lie in later waves (a cycle raises)
+        for t in wave:
+            length[t.name] = t.cost + max((length[u] for u in waiting[t.name]), default=0.0)
+    return length
 
 
 def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> None:
@@ -313,20 +310,15 @@ def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> N
     tasks.sort(key=lambda t: -priority[t.name])
     bar = tqdm(total=len(tasks), desc=f"reproduce {plan.preset}", disable=not progress, position=0,
                dynamic_ncols=True)
-    done: set[str] = set()
-
-    def ready(pending: list[Task]) -> list[Task]:
-        return [t for t in pending if set(t.needs) <= done]
-
-    pending = list(tasks)
+    schedule = Schedule(tasks)
     if workers <= 1:
-        while pending:
-            task = ready(pending)[0]
-            pending.remove(task)
+        while schedule.pending:
+            task = schedule.ready()[0]
+            schedule.start(task)
             bar.set_postfix_str(task.name)
             with task_log(plan, task):
                 run_task(task, plan, position=1, progress=progress)
-            done.add(task.name)
+            schedule.finish(task)
             bar.update()
         bar.close()
         return
@@ -336,9 +328,9 @@ def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> N
                              initargs=(context.RLock(), context.Value("i", 0), gpus)) as pool:
         running: dict[Future, Task] = {}
         try:
-            while pending or running:
-                for task in ready(pending)[: workers - len(running)]:
-                    pending.remove(task)
+            while schedule.pending or running:
+                for task in schedule.ready()[: workers - len(running)]:
+                    schedule.start(task)
                     running[pool.submit(_run_in_worker, task, plan, progress)] = task
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
@@ -349,7 +341,7 @@ def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> N
                         lost = ", ".join(f"{t.name} (log: {log_path(plan, t)})" for t in (task, *running.values()))
                         raise UserError(f"a worker process died (killed, or out of memory) while running {lost}; "
                                         "rerun the same command to resume") from None
-                    done.add(task.name)
+                    schedule.finish(task)
                     bar.update()
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -360,11 +352,11 @@ def execute(plan: Plan, workers: int, progress: bool = True, gpus: int = 0) -> N
 def default_workers(plan: Plan) -> int:
     """One worker per core on a CPU; one on a GPU. Methods defined outside the package (in a
     notebook or test) exist only in this process, so such plans run here."""
-    if train.resolve_device(plan.base.device).type == "cuda":
+    if gpu.resolve_device(plan.base.device).type == "cuda":
         return 1
     if any(not METHODS[m].loss.__module__.startswith("rslad_kit") for m in plan.methods):
         return 1
-    return max(1, min(train.available_cores(), 8))
+    return max(1, min(gpu.available_cores(), 8))
 
 
 def gpu_workers(plan: Plan, workers_per_gpu: int) -> tuple[int, int]:
@@ -373,7 +365,7 @@ def gpu_workers(plan: Plan, workers_per_gpu: int) -> tuple[int, int]:
     if workers_per_gpu < 1:
         raise UserError(f"--workers-per-gpu {workers_per_gpu}; pass a whole number >= 1")
     gpus = gpu.gpu_count()
-    if gpus == 0 or train.resolve_device(plan.base.device).type != "cuda":
+    if gpus == 0 or gpu.resolve_device(plan.base.device).type != "cuda":
         raise UserError("--workers-per-gpu needs CUDA devices; on a CPU, the plan runs one worker per core")
     print(gpu.mps_note(workers_per_gpu))
     return workers_per_gpu * gpus, gpus
@@ -387,7 +379,7 @@ def describe(plan: Plan) -> str:
              f"tables {', '.join(map(str, plan.plan.tables))}, seeds {len(plan.seeds)}, eps {plan.eps:.4g}",
              f"results in {plan.out}"]
     for name, cfg in plan.runs.items():
-        state = "done" if runs.is_finished(plan.out / "runs" / name) else "to do"
+        state = "done" if runs.is_finished(plan.run_dir(name)) else "to do"
         lines.append(f"  train {name:<34} {cfg.method:>8} {cfg.model:>12} {cfg.epochs:>4} epochs  [{state}]")
     return "\n".join(lines)
 
@@ -452,7 +444,7 @@ def estimate_seconds(plan: Plan, workers: int) -> str:
         key = (cfg.model, cfg.batch_size)
         if key not in per_pass:
             per_pass[key] = _time_pass(cfg.model, cfg.batch_size, channels, side, classes)
-        attack = cfg.attack.steps if (cfg.objective or METHODS[cfg.method].attack) != "none" else 0
+        attack = cfg.attack.steps if attack_objective(cfg) != "none" else 0
         steps = math.ceil(n_train / cfg.batch_size) * (attack + 2)       # attack + outer forwards
         validation = math.ceil(n_val / cfg.batch_size) * 21              # clean + PGD-20
         core_seconds += cfg.epochs * (steps + validation) * per_pass[key]

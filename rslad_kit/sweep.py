@@ -19,7 +19,6 @@ every job are under `<out>/<preset>/submitit/`.
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import time
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 
 from rslad_kit import gpu, report, runs, teacher_study
 from rslad_kit.errors import UserError
-from rslad_kit.plan import Plan, Task
+from rslad_kit.plan import Plan, Task, waves
 from rslad_kit.reproduce import build_plan, check_results_folder, run_task
 
 EXECUTORS = ("local", "slurm", "debug")   # debug: in this process, for stepping through a job
@@ -46,31 +45,6 @@ class Job(submitit.helpers.Checkpointable):
         torch.set_num_threads(threads)
         run_task(task, plan, progress=False)
         return task.name
-
-
-def is_done(task: Task, plan: Plan) -> bool:
-    """Whether the task's result is already on disk (a finished run, or every attack evaluated)."""
-    if task.kind == "train":
-        return runs.is_finished(plan.out / "runs" / task.name)
-    path = plan.out / "evals" / f"{task.name.removeprefix('eval:')}.json"
-    done = json.loads(path.read_text()) if path.is_file() else {}
-    return all(set(attacks) <= set(done.get(ckpt, {})) for ckpt, attacks in task.checkpoints.items())
-
-
-def waves(tasks: list[Task]) -> list[list[Task]]:
-    """The tasks in groups, each group needing only tasks of earlier groups."""
-    names = {t.name for t in tasks}
-    placed: set[str] = set()
-    groups: list[list[Task]] = []
-    pending = list(tasks)
-    while pending:
-        group = [t for t in pending if set(t.needs) & names <= placed]
-        if not group:
-            raise UserError(f"the plan's tasks wait on each other in a cycle: {', '.join(t.name for t in pending)}")
-        groups.append(group)
-        placed |= {t.name for t in group}
-        pending = [t for t in pending if t.name not in placed]
-    return groups
 
 
 def executor(kind: str, folder: Path, *, timeout_min: int, partition: str | None = None, gpus: int = 0,
@@ -113,7 +87,7 @@ def dispatch(plan: Plan, ex: submitit.AutoExecutor, *, parallel: int = 4, thread
     """Submit the plan's unfinished tasks wave by wave and wait for them; returns the submitted names.
     `devices`: the GPUs local jobs start on, round robin (`local_gpus`)."""
     submitted: list[str] = []
-    todo = [t for t in plan.tasks() if not is_done(t, plan)]
+    todo = [t for t in plan.tasks() if not plan.is_done(t)]
     bar = tqdm(total=len(todo), desc=f"sweep {plan.preset}", disable=not progress, dynamic_ncols=True)
     for wave in waves(todo):
         # Slurm throttles an array itself; the local executor starts every job it is given at once.

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rslad_kit import data, models, reproduce, runs
+from rslad_kit import data, loading, models, reproduce, runs
 from rslad_kit.config import PRESETS, preset
 from rslad_kit.errors import UserError
 from rslad_kit.plan import Plan
@@ -66,7 +66,7 @@ def ladder(p: str) -> Ladder:
 
 def teacher_run(teacher: str) -> str:
     """The run name of a ladder teacher."""
-    return "teacher-" + teacher.removeprefix("robustbench:")
+    return "teacher-" + loading.parse_spec(teacher)[1]
 
 
 def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
@@ -83,7 +83,7 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
     attacks = ("clean", lad.attack)
     for teacher in lad.teachers:
         name = teacher_run(teacher)
-        if teacher.startswith("robustbench:"):
+        if loading.parse_spec(teacher)[0] == "robustbench":
             plan.zoo[name] = teacher
         else:
             plan.runs[name] = preset(p, "trades", model=teacher, **overrides)
@@ -102,8 +102,9 @@ def build_plan(p: str, out: str | Path = "results", *, seeds: int | None = None,
 
 def _params(teacher: str, plan: Plan) -> int:
     with torch.device("meta"):
-        if teacher.startswith("robustbench:"):
-            entry = models.ZOO[(plan.dataset, teacher.removeprefix("robustbench:"))]
+        kind, name = loading.parse_spec(teacher)
+        if kind == "robustbench":
+            entry = models.ZOO[(plan.dataset, name)]
             model = entry.arch(**entry.kwargs)
         else:
             model = models.build(teacher, 100 if plan.dataset == "cifar100" else 10,

@@ -18,10 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections import defaultdict
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -34,62 +32,19 @@ from tqdm.auto import tqdm
 from rslad_kit import attacks as atk
 from rslad_kit import data as data_lib
 from rslad_kit import distributed as dist_lib
-from rslad_kit import gpu, graphs, models, runs
+from rslad_kit import gpu, graphs, loading, models, runs
 from rslad_kit.config import TrainConfig, from_dict, to_dict
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, did_you_mean
 from rslad_kit.evaluate import evaluate
-from rslad_kit.losses import METHODS, entropy
+from rslad_kit.losses import METHODS, OBJECTIVES, attack_objective, loads_teacher
 from rslad_kit.runs import provenance, save, write_text
-
-OBJECTIVES = ("none", "ce", "kl_self", "kl_teacher")
-
+from rslad_kit.soft_labels import soft_labels
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 # --- one step --------------------------------------------------------------------------------------
-
-def soft_labels(cfg: TrainConfig, teacher: nn.Module | None, x: Tensor, y: Tensor, num_classes: int) -> Tensor:
-    """The soft label of each clean example, as logits (softmax gives the target distribution).
-
-    RSL/NSL: the teacher's prediction on the clean batch. SSL: smoothed one-hot labels (Table 7).
-    """
-    if cfg.soft_labels == "smooth":
-        target = (1 - cfg.smoothing) * F.one_hot(y, num_classes).float() + cfg.smoothing / num_classes
-        return target.log()
-    with torch.no_grad():
-        return teacher(x).float()
-
-
-def soft_label_sets(robust: nn.Module, natural: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
-                    num_classes: int, batch_size: int = 500) -> dict[str, Tensor]:
-    """Table 7's three soft labels of each example, as probabilities (N, C): RSL from the robust
-    teacher, NSL from the natural one, SSL from label smoothing with `cfg.smoothing`. Teachers in eval
-    mode. Batched: a whole CIFAR-10 test set through a WRN-34-10 at once does not fit in memory."""
-    teacher_cfg, smooth_cfg = replace(cfg, soft_labels="teacher"), replace(cfg, soft_labels="smooth")
-
-    def probs(c: TrainConfig, model: nn.Module | None) -> Tensor:
-        return torch.cat([F.softmax(soft_labels(c, model, x[i:i + batch_size], y[i:i + batch_size], num_classes), 1)
-                          for i in range(0, len(x), batch_size)])
-
-    return {"RSL": probs(teacher_cfg, robust), "NSL": probs(teacher_cfg, natural), "SSL": probs(smooth_cfg, None)}
-
-
-def soft_label_stats(probs: Tensor, y: Tensor) -> dict[str, float | int]:
-    """What a set of soft labels (N, C probabilities) teaches: mean entropy (nats) and mean probability
-    on the true class. Figure 3's "NSL is more concentrated around the ground truth" reads off these."""
-    return {"entropy": entropy(probs).mean().item(), "true_prob": probs.gather(1, y.view(-1, 1)).mean().item(),
-            "n": len(y)}
-
-
-def soft_label_class_stats(probs: dict[str, Tensor], y: Tensor, classes: tuple[int, ...] | list[int]
-                           ) -> dict[str, dict[int | str, dict[str, float | int]]]:
-    """`soft_label_stats` of each soft-label type (`soft_label_sets`) on the images of each class in
-    `classes`, and on all images ("all"): what Figure 3's panel titles and its table read."""
-    return {kind: {k: soft_label_stats(p[y == k], y[y == k]) for k in classes} | {"all": soft_label_stats(p, y)}
-            for kind, p in probs.items()}
-
 
 def _eval_probs(model: nn.Module, x: Tensor) -> Tensor:
     was_training = model.training
@@ -130,7 +85,7 @@ def loss_terms(
     in notebooks/03_table1_losses.ipynb, which prints these terms for every row of Table 1.
     """
     method = METHODS[cfg.method]
-    objective = cfg.objective or method.attack
+    objective = attack_objective(cfg)
     # inside a captured step, autocast's cache of bf16 weights must not outlive the capture
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
                               cache_enabled=cfg.cuda_graphs != "step")
@@ -210,16 +165,17 @@ def _num_classes(model: nn.Module, x: Tensor) -> int:
     return _no_grad(model, x[:1]).shape[1]
 
 
-# --- checks and loading ----------------------------------------------------------------------------
+# --- checks ----------------------------------------------------------------------------
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise UserError for names and values that cannot work, before anything is written."""
     if cfg.method not in METHODS:
-        raise UserError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown method {cfg.method!r}; {did_you_mean(cfg.method, METHODS)}choose from "
+                        f"{', '.join(METHODS)}")
     data_lib.check_name(cfg.dataset)
     models.check_name(cfg.model)
     method = METHODS[cfg.method]
-    objective = cfg.objective or method.attack
+    objective = attack_objective(cfg)
     if objective not in OBJECTIVES:
         raise UserError(f"unknown inner objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     unknown = sorted(set(cfg.loss_params) - set(method.defaults))
@@ -228,7 +184,7 @@ def check_config(cfg: TrainConfig) -> None:
                         f"{', '.join(method.defaults) or 'none'}")
     if cfg.soft_labels not in ("teacher", "smooth"):
         raise UserError(f"unknown soft_labels {cfg.soft_labels!r}; use 'teacher' (RSL/NSL) or 'smooth' (SSL)")
-    if needs_teacher(cfg) and not cfg.teacher:
+    if loads_teacher(cfg) and not cfg.teacher:
         raise UserError(f"{cfg.method} distils from a teacher but none was given; pass --teacher "
                         "(a checkpoint, robustbench:<name> or a run folder)")
     atk.check_eps(cfg.attack.eps)
@@ -251,86 +207,6 @@ def check_config(cfg: TrainConfig) -> None:
     for name, value in (("weight_decay", cfg.weight_decay), ("momentum", cfg.momentum)):
         if not (math.isfinite(value) and value >= 0):
             raise UserError(f"{name}={value}; pass a number >= 0 (e.g. --set {name}=0)")
-
-
-def needs_teacher(cfg: TrainConfig) -> bool:
-    """Whether the run reads a teacher (SSL builds its soft labels from y instead)."""
-    method = METHODS[cfg.method]
-    reads_soft_labels = "t_nat" in method.inputs or (cfg.objective or method.attack) == "kl_teacher"
-    return "t_adv" in method.inputs or (reads_soft_labels and cfg.soft_labels == "teacher")
-
-
-def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
-               in_channels: int = 3) -> nn.Module:
-    """A model from a kit checkpoint (its architecture, and the memory layout it trained in, are recorded
-    inside) or a bare state dict + `arch`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; check the path (a run folder needs a best.pt)")
-    checkpoint = models.read_checkpoint(path)   # read once: its metadata names the architecture
-    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
-    if meta is not None:
-        model = models.build(meta["config"]["model"], meta["num_classes"], in_channels=meta["in_channels"])
-        if meta["config"].get("channels_last"):   # the same numbers, faster on a CPU (docs/benchmarks.md)
-            model = model.to(memory_format=torch.channels_last)
-    elif arch is not None and num_classes is not None:
-        model = models.build(arch, num_classes, in_channels=in_channels)
-    else:
-        raise UserError(f"{path} is a bare state dict; name its architecture (--teacher-model / --model)")
-    return models.load_state(model, checkpoint, path).eval()
-
-
-def teacher_path(cfg: TrainConfig, out: Path) -> Path:
-    """The file `cfg.teacher` names: RobustBench's zoo layout, a shipped teacher (checked by SHA-256),
-    a checkpoint, or a run folder's best.pt.
-
-    A bare run name is also looked up beside `out` (runs/teacher for --out runs/student).
-    """
-    spec = cfg.teacher
-    if spec.startswith("robustbench:"):
-        return models.zoo_path(cfg.dataset, spec.partition(":")[2], cfg.model_dir)
-    if spec.startswith("shipped:"):
-        return models.shipped_file(spec.partition(":")[2])
-    path = Path(spec)
-    if not path.exists() and (out.parent / spec).exists():
-        path = out.parent / spec
-    return path / "best.pt" if path.is_dir() else path
-
-
-def load_teacher(cfg: TrainConfig, ds: data_lib.Dataset, out: Path) -> nn.Module:
-    """The frozen teacher named by `cfg.teacher`: robustbench:<name>, shipped:<name>, a checkpoint, or a
-    run folder."""
-    if cfg.teacher.startswith("robustbench:"):
-        teacher = models.load_teacher(cfg.teacher, cfg.dataset, cfg.model_dir)
-    else:
-        teacher = load_model(teacher_path(cfg, out), arch=cfg.teacher_model, num_classes=ds.num_classes,
-                             in_channels=ds.in_channels)
-    teacher.eval().requires_grad_(False)
-    try:
-        classes = _num_classes(teacher, ds.val.x[:1])
-    except RuntimeError as err:   # e.g. a first convolution built for other input channels
-        reason = str(err).strip().splitlines()[0][:160]
-        raise UserError(f"the teacher cannot read {cfg.dataset} images of shape {tuple(ds.val.x.shape[1:])} "
-                        f"({reason}); use a teacher trained on {cfg.dataset}") from err
-    if classes != ds.num_classes:
-        raise UserError(f"the teacher predicts {classes} classes but {cfg.dataset} has {ds.num_classes}; "
-                        f"use a teacher trained on {cfg.dataset}")
-    return teacher
-
-
-# --- devices ---------------------------------------------------------------------------------------
-
-def available_cores() -> int:
-    """CPU cores this process may use (macOS has no sched_getaffinity)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -377,7 +253,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     out = Path(out)
     # --- cheap checks first: names, values, the folder, the resume state; then data and models
     check_config(cfg)
-    dist_lib.check_gpus(resolve_device(cfg.device))
+    dist_lib.check_gpus(gpu.resolve_device(cfg.device))
     last_path = out / "last.pt"
     if resume and not last_path.is_file():
         raise UserError(f"--resume: no checkpoint in {out}; drop --resume to start a new run there")
@@ -401,7 +277,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     """The body of `train`, in the locked run folder `out`; `state` is the checkpoint to resume from."""
     last_path = out / "last.pt"
     gpu.set_deterministic(cfg.deterministic)
-    ctx, device = dist_lib.setup(resolve_device(cfg.device))
+    ctx, device = dist_lib.setup(gpu.resolve_device(cfg.device))
     if cfg.cuda_graphs == "step" and ctx.active:
         raise UserError("cuda_graphs=step cannot record DistributedDataParallel's gradient all-reduce; "
                         "under torchrun use --set cuda_graphs=attack")
@@ -418,9 +294,9 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     meta = {"config": to_dict(cfg), "seed": cfg.seed, "num_classes": ds.num_classes,
             "in_channels": ds.in_channels, "data_sha256": runs.data_checksum(ds.train, ds.val)}
     teacher = None
-    if needs_teacher(cfg):
-        teacher = load_teacher(cfg, ds, out).to(device)
-        meta["teacher_sha256"] = runs.sha256(teacher_path(cfg, out))
+    if loads_teacher(cfg):
+        teacher = loading.load_teacher(cfg, ds, beside=out.parent).to(device)
+        meta["teacher_sha256"] = runs.sha256(loading.teacher_path(cfg, beside=out.parent))
     if state is not None:
         _check_same_inputs(state["meta"], meta, out)
     meta |= provenance(device)
@@ -509,7 +385,7 @@ def make_graphs(cfg: TrainConfig, student: nn.Module, teacher: nn.Module | None,
     not check that each batch lies in [0,1] (a wait for the device): check the images beforehand."""
     if cfg.cuda_graphs == "off":
         return None, None
-    objective = partial(inner_objective, cfg.objective or METHODS[cfg.method].attack, student)
+    objective = partial(inner_objective, attack_objective(cfg), student)
     if cfg.cuda_graphs == "attack":
         return graphs.GraphedPGD(student, cfg.attack, objective, bf16=cfg.bf16, check=False), None
     attack = graphs.capturable_attack(student, cfg.attack, objective, bf16=cfg.bf16)

@@ -332,3 +332,23 @@ def test_an_interrupted_autoattack_resumes_after_its_finished_sub_attacks(batch,
                         lambda self, *a, **k: calls.append(self.attacks_to_run[0]) or real(self, *a, **k))
     resumed = attacks.autoattack(model, x, y, eps=EPS, seed=0, state_path=tmp_path / "state.pt")
     assert "apgd-ce" not in calls and torch.equal(resumed, whole)
+
+
+# ---------------------------------------------------------------- the registry of named attacks
+
+def test_every_named_attack_has_one_label_and_a_description():
+    assert set(evaluate_lib.PAPER_ATTACKS) <= set(evaluate_lib.ATTACKS)
+    for name, attack in evaluate_lib.ATTACKS.items():
+        assert attack.label and attack.about and callable(attack.run), name
+    labels = [a.label for a in evaluate_lib.ATTACKS.values()]
+    assert len(set(labels)) == len(labels)
+    assert evaluate_lib.attack_label("autoattack") == "AutoAttack"   # tables and figures alike
+    assert evaluate_lib.attack_label("not-an-attack") == "not-an-attack"
+
+
+def test_the_plans_attack_lists_are_registry_names():
+    from rslad_kit import plan
+
+    for names in (plan.PAPER_ATTACKS, plan.BLACK_BOX, plan.SOFT_LABEL_ATTACKS, plan.CHECKS, plan.SLOW_ATTACKS):
+        assert set(names) <= set(evaluate_lib.ATTACKS)
+    assert set(attacks.WHITE_BOX) <= set(evaluate_lib.ATTACKS)

@@ -124,6 +124,40 @@ def test_train_help_lists_the_presets_and_methods(capsys):
     assert all(name in out for name in config.PRESETS) and all(name in out for name in METHODS)
 
 
+def test_evaluate_help_says_what_each_attack_is(capsys):
+    from rslad_kit import evaluate
+
+    with pytest.raises(SystemExit):
+        cli_module.main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out and attack.about in out for name, attack in evaluate.ATTACKS.items())
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "--preset", "clasroom", "--method", "rslad"], "unknown preset 'clasroom'; did you mean 'classroom'?"),
+    (["train", "--preset", "smoke", "--method", "rsald"], "unknown method 'rsald'; did you mean 'rslad'?"),
+    (["train", "--preset", "smoke", "--method", "sat", "--set", "model=resnet-18"],
+     "unknown model 'resnet-18'; did you mean 'resnet18'?"),
+    (["evaluate", "--model", "cnn-w4", "--checkpoint", "x.pt", "--dataset", "digits", "--attacks", "pgd_trade"],
+     "unknown attack 'pgd_trade'; did you mean 'pgd_trades'?"),
+    (["evaluate", "--model", "cnn-w4", "--checkpoint", "x.pt", "--dataset", "digit"],
+     "unknown dataset 'digit'; did you mean 'digits'?"),
+    (["reproduce", "--preset", "smok", "--dry-run"], "unknown preset 'smok' for reproduce; did you mean 'smoke'?"),
+])
+def test_a_mistyped_name_gets_a_did_you_mean(argv, hint, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", str(tmp_path / "run")] if argv[0] == "train" else []
+    assert cli_module.main(argv + out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rslad-kit: error: {hint} ") and len(err.splitlines()) == 1
+
+
+def test_a_name_like_no_known_one_gets_no_guess():
+    with pytest.raises(rslad_kit.UserError) as err:
+        config.preset("imagenet")
+    assert "did you mean" not in str(err.value)
+
+
 def test_version_and_what_the_tool_is_for(capsys):
     with pytest.raises(SystemExit):
         cli_module.main(["--version"])

@@ -10,7 +10,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from rslad_kit import data, evaluate, figures, models, reproduce, saliency, teacher_study, train  # noqa: E402
+from rslad_kit import data, evaluate, figures, models, reproduce, saliency, soft_labels, teacher_study  # noqa: E402
 from rslad_kit.cli import main  # noqa: E402
 from rslad_kit.config import preset  # noqa: E402
 
@@ -69,10 +69,10 @@ def test_map_similarity_has_one_bar_per_student_in_each_map_panel(tiny):
 
 def test_soft_labels_has_a_panel_per_class_and_type_with_its_statistics(tiny):
     x, y, nets, _ = tiny
-    probs = train.soft_label_sets(nets["teacher"], nets["ard"], x, y, preset("smoke"), 10)
+    probs = soft_labels.soft_label_sets(nets["teacher"], nets["ard"], x, y, preset("smoke"), 10)
     assert set(probs) == {"RSL", "NSL", "SSL"}
     assert torch.allclose(probs["SSL"][0].max(), torch.tensor(0.9 + 0.1 / 10))   # (1 - s) + s / C, s = 0.1
-    stats = train.soft_label_class_stats(probs, y, (3, 8))
+    stats = soft_labels.soft_label_class_stats(probs, y, (3, 8))
     fig = rendered(figures.soft_labels(probs, y, (3, 8), [str(c) for c in range(10)], stats))
     assert len(fig.axes) == 6
     assert titles(fig)[0].startswith("RSL, class 3\nH = ") and "p(true) = " in titles(fig)[0]
@@ -82,9 +82,9 @@ def test_soft_labels_has_a_panel_per_class_and_type_with_its_statistics(tiny):
 
     # beside augmented training views, which the panel titles and the title name
     views = data.augment(x, padding=1, flip=False, generator=torch.Generator().manual_seed(0))
-    train_probs = train.soft_label_sets(nets["teacher"], nets["ard"], views, y, preset("smoke"), 10)
+    train_probs = soft_labels.soft_label_sets(nets["teacher"], nets["ard"], views, y, preset("smoke"), 10)
     both = rendered(figures.soft_labels(probs, y, (3, 8), [str(c) for c in range(10)], stats,
-                                        training=(train_probs, y, train.soft_label_class_stats(train_probs, y, (3, 8)))))
+                                        training=(train_probs, y, soft_labels.soft_label_class_stats(train_probs, y, (3, 8)))))
     assert titles(both)[0].split("\n")[1].startswith("training views: H = ")
     assert titles(both)[0].split("\n")[2].startswith("test images: H = ")
     assert both.get_suptitle().endswith("on training views (hatched) and test images")

@@ -10,9 +10,10 @@ import torch
 
 from rslad_kit import models
 from rslad_kit.errors import UserError
+from rslad_kit.loading import load_model, parse_spec
 from rslad_kit.models import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, MODELS, ZOO,
                               DMWideResNet, Normalized, WideResNet, ZooEntry, build, load_checkpoint,
-                              load_teacher, unwrap)
+                              unwrap)
 
 
 def n_params(model: torch.nn.Module, skip: str | None = None) -> int:
@@ -255,7 +256,7 @@ def test_file_without_tensors_is_a_user_error(tmp_path):
     assert "no state dict" in one_line(err)
 
 
-# ---------------------------------------------------------------- load_teacher
+# ---------------------------------------------------------------- RobustBench teachers (loading.load_model)
 
 TINY_DM = ZooEntry(DMWideResNet, dict(depth=16, width=1, num_classes=100, mean=CIFAR100_MEAN, std=CIFAR100_STD),
                    "fake-id", 0.0, 0.0, 8 / 255)
@@ -286,7 +287,7 @@ def test_trades_teacher_loads_offline_from_robustbench_layout(tmp_path, monkeypa
     torch.manual_seed(0)
     source = WideResNet(34, 10, 10)  # the real architecture and its ~190 MB state dict, sub_block1 included
     place(source, tmp_path, "cifar10", "Zhang2019Theoretically")
-    teacher = load_teacher("robustbench:Zhang2019Theoretically", "cifar10", tmp_path)
+    teacher = load_model("robustbench:Zhang2019Theoretically", dataset="cifar10", model_dir=tmp_path)
     assert isinstance(teacher, WideResNet)
     assert_frozen_eval(teacher)
     for key in ("conv1.weight", "sub_block1.layer.2.conv1.weight", "block3.layer.4.bn2.running_var", "fc.weight"):
@@ -297,8 +298,8 @@ def test_dm_teacher_normalises_with_cifar100_statistics(tmp_path, tiny_gowal):
     place(tiny_gowal, tmp_path, "cifar100", "Gowal2020Uncovering")
     x = torch.rand(2, 3, 32, 32)
     for official, (mean, std) in ((False, (CIFAR100_MEAN, CIFAR100_STD)), (True, (CIFAR10_MEAN, CIFAR10_STD))):
-        teacher = load_teacher("robustbench:Gowal2020Uncovering", "cifar100", tmp_path,
-                               download=False, rslad_official_stats=official)
+        teacher = load_model("robustbench:Gowal2020Uncovering", dataset="cifar100", model_dir=tmp_path,
+                             download=False, rslad_official_stats=official)
         assert_frozen_eval(teacher)
         manual = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
         torch.testing.assert_close(teacher(x), tiny_gowal.eval()(manual))
@@ -306,17 +307,31 @@ def test_dm_teacher_normalises_with_cifar100_statistics(tmp_path, tiny_gowal):
 
 def test_unknown_teacher_or_wrong_dataset_lists_known_names(tmp_path):
     for spec, dataset in (("robustbench:Nope2020", "cifar10"),
-                          ("robustbench:Zhang2019Theoretically", "cifar100"),
-                          ("Zhang2019Theoretically", "cifar10")):
+                          ("robustbench:Zhang2019Theoretically", "cifar100")):
         with pytest.raises(UserError) as err:
-            load_teacher(spec, dataset, tmp_path, download=False)
+            load_model(spec, dataset=dataset, model_dir=tmp_path, download=False)
         msg = one_line(err)
         assert "cifar10: Zhang2019Theoretically" in msg and "cifar100: Gowal2020Uncovering" in msg
 
 
+def test_a_zoo_name_without_its_prefix_is_suggested_with_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="did you mean 'robustbench:Zhang2019Theoretically'"):
+        load_model("Zhang2019Theoretically", dataset="cifar10")
+    with pytest.raises(UserError, match="name the dataset"):
+        load_model("robustbench:Zhang2019Theoretically")
+
+
+def test_parse_spec_is_the_one_reading_of_a_spec():
+    assert parse_spec("robustbench:Zhang2019Theoretically") == ("robustbench", "Zhang2019Theoretically")
+    assert parse_spec("shipped:fashion14-trades-w16") == ("shipped", "fashion14-trades-w16")
+    assert parse_spec("runs/teacher") == ("path", "runs/teacher")
+    assert parse_spec("C:/runs/teacher.pt") == ("path", "C:/runs/teacher.pt")
+
+
 def test_absent_teacher_without_download_names_the_path(tmp_path):
     with pytest.raises(UserError) as err:
-        load_teacher("robustbench:Gowal2020Uncovering", "cifar100", tmp_path, download=False)
+        load_model("robustbench:Gowal2020Uncovering", dataset="cifar100", model_dir=tmp_path, download=False)
     assert str(tmp_path / "cifar100" / "Linf" / "Gowal2020Uncovering.pt") in one_line(err)
 
 
@@ -332,7 +347,7 @@ def test_network_failure_names_the_path_and_leaves_nothing(tmp_path, monkeypatch
 
     monkeypatch.setattr(models, "_download", offline)
     with pytest.raises(UserError) as err:
-        load_teacher("robustbench:Gowal2020Uncovering", "cifar100", tmp_path)
+        load_model("robustbench:Gowal2020Uncovering", dataset="cifar100", model_dir=tmp_path)
     msg = one_line(err)
     assert str(tmp_path / "cifar100" / "Linf" / "Gowal2020Uncovering.pt") in msg and "Network" in msg
     assert leftovers(tmp_path) == []
@@ -341,7 +356,7 @@ def test_network_failure_names_the_path_and_leaves_nothing(tmp_path, monkeypatch
 def test_missing_gdown_names_the_path(tmp_path, monkeypatch, tiny_gowal):
     monkeypatch.setitem(sys.modules, "gdown", None)  # makes `import gdown` fail even where it is installed
     with pytest.raises(UserError) as err:
-        load_teacher("robustbench:Gowal2020Uncovering", "cifar100", tmp_path)
+        load_model("robustbench:Gowal2020Uncovering", dataset="cifar100", model_dir=tmp_path)
     msg = one_line(err)
     assert "gdown" in msg and str(tmp_path / "cifar100" / "Linf" / "Gowal2020Uncovering.pt") in msg
     assert leftovers(tmp_path) == []
@@ -357,12 +372,12 @@ def test_download_writes_into_place_and_loads(tmp_path, monkeypatch, tiny_gowal)
         torch.save(tiny_gowal.state_dict(), dest)
 
     monkeypatch.setattr(models, "_download", fake_download)
-    teacher = load_teacher("robustbench:Gowal2020Uncovering", "cifar100", tmp_path)
+    teacher = load_model("robustbench:Gowal2020Uncovering", dataset="cifar100", model_dir=tmp_path)
     assert calls == ["fake-id"]
     assert_frozen_eval(teacher)
     assert_same_weights(teacher, tiny_gowal)
     assert leftovers(tmp_path) == [tmp_path / "cifar100" / "Linf" / "Gowal2020Uncovering.pt"]
-    load_teacher("robustbench:Gowal2020Uncovering", "cifar100", tmp_path)  # present now: no second download
+    load_model("robustbench:Gowal2020Uncovering", dataset="cifar100", model_dir=tmp_path)  # present: no second download
     assert calls == ["fake-id"]
 
 
@@ -370,7 +385,7 @@ def test_downloaded_html_page_is_refused_and_removed(tmp_path, monkeypatch, tiny
     monkeypatch.setattr(models, "_download", lambda file_id, dest: Path(dest).write_bytes(
         b"<!DOCTYPE html><html><body>Too many users have viewed or downloaded this file</body></html>"))
     with pytest.raises(UserError) as err:
-        load_teacher("robustbench:Gowal2020Uncovering", "cifar100", tmp_path)
+        load_model("robustbench:Gowal2020Uncovering", dataset="cifar100", model_dir=tmp_path)
     assert "HTML" in one_line(err)
     assert not (tmp_path / "cifar100" / "Linf" / "Gowal2020Uncovering.pt").exists()
     assert leftovers(tmp_path) == []

@@ -322,8 +322,8 @@ def test_soft_label_students_differ_only_in_their_soft_labels():
     runs = L.soft_label_configs()
     assert list(runs) == ["RSL", "NSL", "SSL"] and runs["RSL"] == ("rslad", L.config("rslad"))
     (_, rsl), (_, nsl), (_, ssl) = runs.values()
-    assert nsl.teacher == "teacher-natural" and train.needs_teacher(nsl)
-    assert ssl.soft_labels == "smooth" and not train.needs_teacher(ssl)
+    assert nsl.teacher == "teacher-natural" and losses.loads_teacher(nsl)
+    assert ssl.soft_labels == "smooth" and not losses.loads_teacher(ssl)
     assert dataclasses.replace(nsl, teacher=rsl.teacher) == rsl
     assert dataclasses.replace(ssl, teacher=rsl.teacher, soft_labels="teacher") == rsl
     assert L.arch("teacher") == L.teacher_config().model and L.arch("sat") == L.config("sat").model

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from rslad_kit import report, reproduce, runs, train
+from rslad_kit.errors import UserError
 from rslad_kit.losses import METHODS, Method, kl
+from rslad_kit.plan import Schedule, Task, waves
 
 FIXTURE = Path(__file__).parent / "fixtures" / "paper_tables.txt"
 PAPER_ROWS = {"Natural", "SAT", "TRADES", "ARD", "IAD", "RSLAD"}
@@ -247,3 +249,32 @@ def test_the_summary_lists_each_masking_check_and_where_it_fired(tmp_path):
         "mid-grey there): gradient masking suspected"]
     report.write(plan)
     assert "\n".join(lines) in (plan.out / "summary.md").read_text()
+
+
+def test_tasks_that_wait_on_each_other_stop_with_a_clear_error(tmp_path, monkeypatch):
+    tasks = [Task("a", "train", needs=("b",)), Task("b", "train", needs=("a",)), Task("c", "train")]
+    with pytest.raises(UserError, match="wait on each other in a cycle: a, b"):
+        waves(tasks)
+    schedule = Schedule(tasks)
+    assert [t.name for t in schedule.ready()] == ["c"]
+    schedule.start(tasks[2])
+    assert schedule.ready() == []   # c still runs: a and b may wait for it
+    schedule.finish(tasks[2])
+    with pytest.raises(UserError, match="cycle: a, b"):
+        schedule.ready()
+    plan = reproduce.build_plan("smoke", tmp_path, tables=(3,))
+    monkeypatch.setattr(plan, "tasks", lambda: tasks)
+    with pytest.raises(UserError, match="cycle"):   # before anything runs, instead of waiting forever
+        reproduce.execute(plan, workers=1, progress=False)
+    assert not plan.run_dir("c").exists()
+
+
+def test_a_task_is_done_when_its_result_is_on_disk(tmp_path):
+    plan = reproduce.build_plan("smoke", tmp_path, tables=(3,))
+    task = next(t for t in plan.tasks() if t.name == "eval:teacher")
+    assert plan.eval_file("teacher") == tmp_path / "smoke" / "evals" / "teacher.json"
+    assert not plan.is_done(task)
+    plan.evals_dir.mkdir(parents=True)
+    runs.write_text(plan.eval_file("teacher"), json.dumps({c: dict.fromkeys(a, 50.0)
+                                                           for c, a in task.checkpoints.items()}))
+    assert plan.is_done(task)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rslad_kit import models, saliency, train
+from rslad_kit import models, saliency, soft_labels
 from rslad_kit.config import preset
 
 
@@ -150,8 +150,8 @@ def test_soft_label_statistics():
     y = torch.tensor([0, 1])
     one_hot = torch.eye(3)[y]
     uniform = torch.full((2, 3), 1 / 3)
-    assert train.soft_label_stats(one_hot, y) == pytest.approx({"entropy": 0.0, "true_prob": 1.0, "n": 2})
-    stats = train.soft_label_stats(uniform, y)
+    assert soft_labels.soft_label_stats(one_hot, y) == pytest.approx({"entropy": 0.0, "true_prob": 1.0, "n": 2})
+    stats = soft_labels.soft_label_stats(uniform, y)
     assert stats["entropy"] == pytest.approx(torch.log(torch.tensor(3.0)).item())
     assert stats["true_prob"] == pytest.approx(1 / 3)
 
@@ -159,7 +159,7 @@ def test_soft_label_statistics():
 def test_soft_label_statistics_per_class_and_overall():
     y = torch.tensor([0, 1, 1])
     probs = {"RSL": torch.eye(3)[y], "SSL": torch.full((3, 3), 1 / 3)}
-    stats = train.soft_label_class_stats(probs, y, (1,))
+    stats = soft_labels.soft_label_class_stats(probs, y, (1,))
     assert set(stats) == {"RSL", "SSL"} and set(stats["RSL"]) == {1, "all"}
     assert stats["RSL"][1]["n"] == 2 and stats["RSL"]["all"]["n"] == 3
     assert stats["SSL"][1]["true_prob"] == pytest.approx(1 / 3)
@@ -169,8 +169,8 @@ def test_soft_label_sets_are_the_same_in_batches():
     torch.manual_seed(0)
     robust, natural = (models.build("cnn-w4", 10, in_channels=1).eval() for _ in range(2))
     x, y = torch.rand(37, 1, 8, 8), torch.randint(0, 10, (37,))
-    whole = train.soft_label_sets(robust, natural, x, y, preset("smoke"), 10)
-    batched = train.soft_label_sets(robust, natural, x, y, preset("smoke"), 10, batch_size=5)
+    whole = soft_labels.soft_label_sets(robust, natural, x, y, preset("smoke"), 10)
+    batched = soft_labels.soft_label_sets(robust, natural, x, y, preset("smoke"), 10, batch_size=5)
     assert all(torch.allclose(whole[k], batched[k], atol=1e-6) for k in ("RSL", "NSL", "SSL"))
     assert whole["RSL"].shape == (37, 10) and torch.allclose(whole["NSL"].sum(1), torch.ones(37))
 

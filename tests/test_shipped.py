@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from rslad_kit import config, models, reproduce, train
+from rslad_kit import config, loading, models, reproduce
 from rslad_kit.errors import UserError
 
 TINY = ("smoke", dict(method="trades", model="cnn-w4", epochs=1, milestones=(1,)))
@@ -37,15 +37,15 @@ def test_a_changed_recipe_is_not_the_shipped_teacher(tiny, monkeypatch):
 
 def test_the_shipped_file_is_checked_by_sha256_when_read(tiny):
     cfg = config.preset("smoke", "rslad", teacher="shipped:tiny")
-    assert train.teacher_path(cfg, tiny / "student") == tiny / "teachers" / "tiny.pt"
-    model = train.load_model(train.teacher_path(cfg, tiny / "student"))
+    assert loading.teacher_path(cfg) == tiny / "teachers" / "tiny.pt"
+    model = loading.load_model(cfg.teacher)
     assert isinstance(models.unwrap(model), models.SmallCNN)
     path = tiny / "teachers" / "tiny.pt"
     data = bytearray(path.read_bytes())
     data[-100] ^= 1
     path.write_bytes(bytes(data))
     with pytest.raises(UserError, match="SHA-256 .* but tiny.json records"):
-        train.teacher_path(cfg, tiny / "student")
+        loading.teacher_path(cfg)
     path.unlink()
     with pytest.raises(UserError, match="is missing; restore it"):
         models.shipped_file("tiny")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rslad_kit import UserError, config, losses, models, runs, train
+from rslad_kit import UserError, config, losses, models, runs, soft_labels, train
 from rslad_kit.config import preset
 from rslad_kit.losses import METHODS
 from rslad_kit.train import TrainingDiverged, lr_at, train_step
@@ -257,14 +257,14 @@ def test_resume_with_other_settings_is_refused(teacher_run):
 
 def test_ssl_needs_no_teacher_and_uses_smoothed_labels():
     cfg = smoke("rslad", soft_labels="smooth", smoothing=0.2)
-    assert not train.needs_teacher(cfg)
+    assert not losses.loads_teacher(cfg)
     y = torch.tensor([0, 3])
-    p = F.softmax(train.soft_labels(cfg, None, torch.zeros(2, 1, 8, 8), y, 10), dim=1)
+    p = F.softmax(soft_labels.soft_labels(cfg, None, torch.zeros(2, 1, 8, 8), y, 10), dim=1)
     assert torch.allclose(p[0, 0], torch.tensor(0.82)) and torch.allclose(p[0, 1], torch.tensor(0.02))
 
 
 def test_ablation_swaps_the_inner_objective():
     cfg = smoke("ard", objective="kl_teacher", teacher="t")
-    assert train.needs_teacher(cfg)
+    assert losses.loads_teacher(cfg)
     with pytest.raises(UserError, match="unknown inner objective"):
         train.check_config(replace(cfg, objective="kl_magic"))
