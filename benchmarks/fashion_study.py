@@ -405,7 +405,7 @@ def report(out: Path) -> str:
         confirm = cached(chosen2, ("sat", "trades", "rslad-F"), CONFIRM2_SEEDS, "test2", out)
         done = min((len(confirm.get(m, {})) for m in ("sat", "trades", "rslad-F")), default=0)
         held = meets_rule(confirm, "rslad-F") if done == len(CONFIRM2_SEEDS) else None
-        verdict += (f" Study 2: chosen cell {chosen2}; confirmation on {done} of {len(CONFIRM2_SEEDS)} fresh seeds "
+        verdict += (f". Study 2: chosen cell {chosen2}; confirmation on {done} of {len(CONFIRM2_SEEDS)} fresh seeds "
                     f"(test images {TEST2[0]:,}-{TEST2[1] - 1:,}): rule met = {held}")
     lines += ["", f"{len(compared)} distinct paired comparisons above (each a 95% interval, uncorrected). {verdict}."]
     return "\n".join(lines)
