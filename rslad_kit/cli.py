@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from rslad_kit.errors import UserError
+from rslad_kit.errors import UserError, one_line_warning
 
 # What `rslad-kit --help` says the tool is for.
 DESCRIPTION = """Adversarial robustness distillation (RSLAD, ICCV'21): train students and teachers with every
@@ -284,16 +284,9 @@ def _output_folders(args: argparse.Namespace) -> list[Path]:
     return folders
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning is one line, written above any progress bar instead of through it."""
-    from tqdm import tqdm
-
-    tqdm.write(f"rslad-kit: warning: {message}", file=file or sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning   # a warning is one line too, without source excerpts
+    warnings.showwarning = one_line_warning   # a warning is one line too, without source excerpts
     try:
         import torch
 

@@ -1,6 +1,8 @@
-"""The one exception type for mistakes in what the user asked for, and the hint for a mistyped name."""
+"""The one exception type for mistakes in what the user asked for, the hint for a mistyped name, and
+how a warning reaches the user."""
 
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -17,3 +19,11 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     unknown-name message gives before the list of known names."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"did you mean {close[0]!r}? " if close else ""
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` for the command line and its worker processes: a warning is one line,
+    written above any progress bar (tqdm's lock) instead of through it, without a source excerpt."""
+    from tqdm import tqdm
+
+    tqdm.write(f"rslad-kit: warning: {message}", file=file or sys.stderr)

@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ from rslad_kit import evaluate as evaluate_lib
 from rslad_kit import gpu, loading, models, runs, train
 from rslad_kit import report
 from rslad_kit.config import PRESETS, SHIPPED_TEACHERS, TrainConfig, override, preset, to_dict
-from rslad_kit.errors import UserError, did_you_mean
+from rslad_kit.errors import UserError, did_you_mean, one_line_warning
 from rslad_kit.losses import METHODS, attack_objective
 from rslad_kit.plan import (ABLATIONS, BLACK_BOX, CHECKS, PAPER_ATTACKS, PAPER_METHODS, SLOW_ATTACKS,
                             SOFT_LABEL_ATTACKS, Plan, Schedule, Task, waves)
@@ -261,6 +262,7 @@ def _worker_init(lock, counter, gpus: int = 0) -> None:
             os._exit(1)
     torch.set_num_threads(1)
     tqdm.set_lock(lock)
+    warnings.showwarning = one_line_warning   # as in the main process: one line above the bars
     with counter.get_lock():
         counter.value += 1
         _SLOT = counter.value

@@ -278,3 +278,20 @@ def test_a_task_is_done_when_its_result_is_on_disk(tmp_path):
     runs.write_text(plan.eval_file("teacher"), json.dumps({c: dict.fromkeys(a, 50.0)
                                                            for c, a in task.checkpoints.items()}))
     assert plan.is_done(task)
+
+
+def test_a_warning_in_a_worker_process_is_one_line_too(capfd):
+    """Tasks run in spawned workers, which do not inherit the command line's warning format: without
+    the worker's own, a masking check's warning would print as raw `file.py:N: UserWarning:` lines
+    through the progress bars."""
+    import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, initializer=reproduce._worker_init,
+                             initargs=(context.RLock(), context.Value("i", 0))) as pool:
+        pool.submit(warnings.warn, "AutoAttack 10 points below PGD: gradient masking suspected").result()
+    err = capfd.readouterr().err
+    assert "rslad-kit: warning: AutoAttack 10 points below PGD: gradient masking suspected\n" in err
+    assert "UserWarning" not in err
