@@ -66,6 +66,9 @@ CELLS = {   # the student of each cell, in the order they are explored
     "w4": dict(model="cnn-w4"),
     "w2": dict(model="cnn-w2"),
     "w8": dict(model="cnn-w8"),
+    # study 3 (exploration): study 1's w4 cell at a second eps, and at 28x28, each with its own teacher
+    "w4-eps20": dict(model="cnn-w4", attack=dict(eps=0.2, step_size=0.08, steps=5)),
+    "w4-px28": dict(model="cnn-w4", image_size=28),
 }
 ARMS = {    # what each method row trains, over the cell's student
     "sat": dict(method="sat"),
@@ -83,6 +86,8 @@ ARMS = {    # what each method row trains, over the cell's student
     "rslad-F-e30": dict(method="rslad", teacher=f"teachers/{FULL_TEACHER}", epochs=30, milestones=(22, 27)),
     "sat-e20": dict(method="sat", epochs=20, milestones=(15, 18)),
     "trades-e8": dict(method="trades", epochs=8, milestones=(6, 7)),
+    # study 3: RSLAD with the teacher trained in the cell's own setting (T's recipe there)
+    "rslad-Tcell": dict(method="rslad"),
 }
 COMPARED = ("sat", "trades", "rslad")
 CONTROLS = ("rslad-ls", "rslad-nsl", "rslad-tsat")
@@ -90,10 +95,11 @@ CONTROLS = ("rslad-ls", "rslad-nsl", "rslad-tsat")
 
 # --- data ------------------------------------------------------------------------------------------
 
-def splits(root: str, test: tuple[int, int] = (0, TEST_N)) -> tuple[data.Dataset, data.Split, data.Split]:
+def splits(root: str, test: tuple[int, int] = (0, TEST_N), image_size: int = BASE["image_size"]
+           ) -> tuple[data.Dataset, data.Split, data.Split]:
     """The dataset every run trains on (its first 3,000 training images), the choice split and the
     confirmation's images `test` (first, last + 1) of the official test split."""
-    full = data.load("fashion", root, val_size=BASE["val_size"], image_size=BASE["image_size"])
+    full = data.load("fashion", root, val_size=BASE["val_size"], image_size=image_size)
     if BASE["train_size"] + CHOICE_N > len(full.train):
         sys.exit("the choice split would overlap the training images")
     ds = replace(full, train=full.train.take(BASE["train_size"]))   # what train_size=3000 loads
@@ -142,14 +148,14 @@ def train_run(name: str, cfg: config.TrainConfig, ds: data.Dataset, out: Path) -
 
 
 def evaluated(name: str, split_name: str, split: data.Split, out: Path, seconds: float,
-              attacks: tuple[str, ...] = ATTACKS, run_dir: Path | None = None) -> dict:
+              attacks: tuple[str, ...] = ATTACKS, run_dir: Path | None = None, eps: float = BASE["attack"]["eps"]
+              ) -> dict:
     """The cached evaluation of run `name` on `split_name`: best checkpoint under `attacks`, last under
     clean and PGD_TRADES."""
     path = out / "evals" / f"{name}.{split_name}.json"
     if path.is_file():
         return json.loads(path.read_text())
     run_dir = run_dir or out / "runs" / name
-    eps = BASE["attack"]["eps"]
     began = time.perf_counter()
     best = evaluate.evaluate(loading.load_model(run_dir / "best.pt"), split, attacks, eps=eps,
                              autoattack_only=AUTOATTACK)
@@ -173,7 +179,8 @@ def run_arm(cell: str, arm: str, seed: int, split_name: str, split: data.Split, 
     seconds = train_run(name, cfg_of(name, overrides, seed, out), ds, out)
     if autoattack is None:
         autoattack = split_name.startswith("test")
-    result = evaluated(name, split_name, split, out, seconds, attacks=("clean", "pgd_trades"))
+    result = evaluated(name, split_name, split, out, seconds, attacks=("clean", "pgd_trades"),
+                       eps=overrides.get("attack", BASE["attack"])["eps"])
     return with_autoattack(result, split, out) if autoattack else result
 
 
@@ -320,6 +327,24 @@ def study2(out: Path, root: str) -> None:
             run_arm(chosen, arm, seed, "choice", choice, ds, out)
 
 
+def study3(out: Path, root: str, cell: str) -> None:
+    """Study 3 (exploration, choice split only): study 1's w4 cell at a second eps or at 28x28, with a
+    teacher trained by T's recipe in that setting (docs/classroom_regime.md)."""
+    torch.set_num_threads(1)
+    setting = {k: v for k, v in CELLS[cell].items() if k != "model"}
+    ds, choice, _ = splits(root, image_size=setting.get("image_size", BASE["image_size"]))
+    (out / "evals").mkdir(parents=True, exist_ok=True)
+    teacher = f"T-{cell}"
+    check_deadline()
+    seconds = train_run(teacher, cfg_of(teacher, {**TEACHERS["T"], **setting}, 0, out), ds, out)
+    evaluated(teacher, "choice", choice, out, seconds, attacks=("clean", "pgd_trades"),
+              eps=setting.get("attack", BASE["attack"])["eps"])
+    for seed in STUDY_SEEDS:
+        for arm in ("sat", "trades", "rslad-Tcell"):
+            run_arm(cell, arm, seed, "choice", choice, ds, out,
+                    extra={"teacher": f"runs/{teacher}"} if arm == "rslad-Tcell" else None)
+
+
 # --- the report -------------------------------------------------------------------------------------
 
 PAIRS = (   # (split, ours, theirs, what it asks): the comparisons the report lists beyond row - SAT / TRADES
@@ -415,15 +440,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/fashion-study", type=Path)
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
-    parser.add_argument("--study", type=int, choices=(1, 2), default=1, help="which pre-registered study to run")
+    parser.add_argument("--cells", nargs="*", choices=list(CELLS),
+                        help="study 1: w4 w2 w8 (the default); study 3: w4-eps20 w4-px28 (the default)")
+    parser.add_argument("--study", type=int, choices=(1, 2, 3), default=1, help="which pre-registered study to run")
     parser.add_argument("--stop", help="HH:MM UTC: start no run or evaluation after it (the pre-registered end)")
     parser.add_argument("--report", action="store_true", help="print the tables from the cache and stop")
     args = parser.parse_args()
     global DEADLINE
     DEADLINE = args.stop
+    if args.cells is None:
+        args.cells = ["w4-eps20", "w4-px28"] if args.study == 3 else ["w4", "w2", "w8"]
     if not args.report:
-        study2(args.out, args.data_root) if args.study == 2 else study(args.out, args.data_root, args.cells)
+        if args.study == 3:
+            for cell in args.cells:
+                study3(args.out, args.data_root, cell)
+        elif args.study == 2:
+            study2(args.out, args.data_root)
+        else:
+            study(args.out, args.data_root, args.cells)
     print(report(args.out))
 
 
