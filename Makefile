@@ -13,7 +13,7 @@ LOCK   := uv pip compile pyproject.toml requirements.in --extra dev --generate-h
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test lab lock check-lock clean
+.PHONY: demo test lab fashion-data lock check-lock clean
 
 demo: $(STAMP)
 	$(BIN)/rslad-kit reproduce --preset classroom
@@ -27,6 +27,14 @@ lab: $(STAMP)
 	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/jupyter lab --notebook-dir=notebooks \
 		--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
+
+# Fashion-MNIST for `--preset fashion` (the demo's digits need nothing): Debian's package as root with
+# apt (offline from a local mirror), else torchvision's download into data/.
+fashion-data: $(STAMP)
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
+	else $(BIN)/python -c "from rslad_kit import data; data.load('fashion', 'data'); print('Fashion-MNIST: data/')"; fi
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile
