@@ -360,7 +360,7 @@ PAIRS = (   # (split, ours, theirs, what it asks): the comparisons the report li
 def report(out: Path) -> str:
     lines = []
     teacher_rows = [json.loads((out / "evals" / f"{t}.choice.json").read_text())
-                    for t in (*TEACHERS, FULL_TEACHER, FULL_NATURAL) if (out / "evals" / f"{t}.choice.json").is_file()]
+                    for t in (*TEACHERS, FULL_TEACHER, FULL_NATURAL, "T-w4-eps20", "T-w4-px28") if (out / "evals" / f"{t}.choice.json").is_file()]
     if teacher_rows:
         lines += ["| teacher (choice split, seed 0) | clean | PGD_TRADES | last clean | last PGD_TRADES "
                   "| train s |", "|---|---|---|---|---|---|"]
