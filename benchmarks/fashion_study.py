@@ -17,11 +17,13 @@ cells, the seeds, the splits and the order of the phases were written down befor
   --out/evals, so an interrupted study resumes where it stopped. One process, one thread.
 
 Study 2 (`--study 2`, pre-registered in the same page before its runs) keeps the students and changes
-the teacher: one trained on every training image but the choice split's, shipped with the kit.
+the teacher: one trained on every training image but the choice split's, shipped with the kit. Study 3
+(`--study 3`, exploration) runs study 1's w4 cell at eps 0.2 and at 28x28, each with its own teacher.
 
     python benchmarks/fashion_study.py              # every phase of study 1, resuming
     python benchmarks/fashion_study.py --study 2    # every phase of study 2, resuming
-    python benchmarks/fashion_study.py --report     # the tables of both from what is cached
+    python benchmarks/fashion_study.py --study 3    # study 3's two cells (--cells for one of them)
+    python benchmarks/fashion_study.py --report     # the tables of all three from what is cached
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ CELLS = {   # the student of each cell, in the order they are explored
     "w4-eps20": dict(model="cnn-w4", attack=dict(eps=0.2, step_size=0.08, steps=5)),
     "w4-px28": dict(model="cnn-w4", image_size=28),
 }
+STUDY1_CELLS, STUDY3_CELLS = ("w4", "w2", "w8"), ("w4-eps20", "w4-px28")
 ARMS = {    # what each method row trains, over the cell's student
     "sat": dict(method="sat"),
     "trades": dict(method="trades"),
@@ -160,11 +163,16 @@ def evaluated(name: str, split_name: str, split: data.Split, out: Path, seconds:
     best = evaluate.evaluate(loading.load_model(run_dir / "best.pt"), split, attacks, eps=eps,
                              autoattack_only=AUTOATTACK)
     last = evaluate.evaluate(loading.load_model(run_dir / "last.pt"), split, ("clean", "pgd_trades"), eps=eps)
-    result = {"name": name, "split": split_name, "n": len(split), "train_seconds": seconds,
+    result = {"name": name, "split": split_name, "n": len(split), "eps": eps, "train_seconds": seconds,
               "eval_seconds": round(time.perf_counter() - began, 1),
               "epoch": runs.checkpoint_info(run_dir / "best.pt")["epoch"],
               **{a: best[a] for a in attacks}, **{f"last_{a}": last[a] for a in ("clean", "pgd_trades")}}
-    runs.write_text(path, json.dumps(result))
+    return saved(result, out)
+
+
+def saved(result: dict, out: Path) -> dict:
+    """`result`, written to its cache file (evals/<name>.<split>.json) and logged."""
+    runs.write_text(out / "evals" / f"{result['name']}.{result['split']}.json", json.dumps(result))
     print(f"[{time.strftime('%H:%M:%S')}] {json.dumps(result)}", flush=True)
     return result
 
@@ -191,11 +199,10 @@ def with_autoattack(result: dict, split: data.Split, out: Path) -> dict:
     check_deadline()
     began = time.perf_counter()
     model = loading.load_model(out / "runs" / result["name"] / "best.pt")
-    aa = evaluate.evaluate(model, split, ("autoattack",), eps=BASE["attack"]["eps"], autoattack_only=AUTOATTACK)
-    result = {**result, "autoattack": aa["autoattack"], "autoattack_seconds": round(time.perf_counter() - began, 1)}
-    runs.write_text(out / "evals" / f"{result['name']}.{result['split']}.json", json.dumps(result))
-    print(f"[{time.strftime('%H:%M:%S')}] {json.dumps(result)}", flush=True)
-    return result
+    eps = result.get("eps", BASE["attack"]["eps"])   # evaluations cached before "eps" was recorded used BASE's
+    aa = evaluate.evaluate(model, split, ("autoattack",), eps=eps, autoattack_only=AUTOATTACK)
+    return saved({**result, "autoattack": aa["autoattack"],
+                  "autoattack_seconds": round(time.perf_counter() - began, 1)}, out)
 
 
 DEADLINE: str | None = None   # "HH:MM" UTC: no run or evaluation starts after it (--stop)
@@ -334,7 +341,7 @@ def study3(out: Path, root: str, cell: str) -> None:
     setting = {k: v for k, v in CELLS[cell].items() if k != "model"}
     ds, choice, _ = splits(root, image_size=setting.get("image_size", BASE["image_size"]))
     (out / "evals").mkdir(parents=True, exist_ok=True)
-    teacher = f"T-{cell}"
+    teacher = f"T-{cell}"   # the report lists it among the teachers
     check_deadline()
     seconds = train_run(teacher, cfg_of(teacher, {**TEACHERS["T"], **setting}, 0, out), ds, out)
     evaluated(teacher, "choice", choice, out, seconds, attacks=("clean", "pgd_trades"),
@@ -357,10 +364,12 @@ PAIRS = (   # (split, ours, theirs, what it asks): the comparisons the report li
     ("choice", "rslad-F-e30", "rslad-F", "RSLAD 30 epochs against 15"),
 )
 
+
 def report(out: Path) -> str:
     lines = []
+    teachers = (*TEACHERS, FULL_TEACHER, FULL_NATURAL, *(f"T-{cell}" for cell in STUDY3_CELLS))
     teacher_rows = [json.loads((out / "evals" / f"{t}.choice.json").read_text())
-                    for t in (*TEACHERS, FULL_TEACHER, FULL_NATURAL, "T-w4-eps20", "T-w4-px28") if (out / "evals" / f"{t}.choice.json").is_file()]
+                    for t in teachers if (out / "evals" / f"{t}.choice.json").is_file()]
     if teacher_rows:
         lines += ["| teacher (choice split, seed 0) | clean | PGD_TRADES | last clean | last PGD_TRADES "
                   "| train s |", "|---|---|---|---|---|---|"]
@@ -449,7 +458,7 @@ def main() -> None:
     global DEADLINE
     DEADLINE = args.stop
     if args.cells is None:
-        args.cells = ["w4-eps20", "w4-px28"] if args.study == 3 else ["w4", "w2", "w8"]
+        args.cells = list(STUDY3_CELLS if args.study == 3 else STUDY1_CELLS)
     if not args.report:
         if args.study == 3:
             for cell in args.cells:

@@ -149,8 +149,7 @@ def part_classroom(args) -> None:
     workers loads in the main process and uses exactly T. Ratios are against the faster official row.
     """
     cfg = preset(args.preset, "rslad", teacher="x")
-    ds = data.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size,
-                   train_size=cfg.train_size)
+    ds = data.for_config(cfg)
     images, labels = as_uint8(ds.train)
     n_batches = len(ds.train) // cfg.batch_size - 1
     workers = args.loader_workers

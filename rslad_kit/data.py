@@ -440,6 +440,13 @@ def load(
     return replace(ds, train=ds.train.take(train_size))
 
 
+def for_config(cfg) -> Dataset:
+    """The dataset a training config (config.TrainConfig) reads: its dataset, root, validation size,
+    image size and training-set size."""
+    return load(cfg.dataset, cfg.data_root, val_size=cfg.val_size, image_size=cfg.image_size,
+                train_size=cfg.train_size)
+
+
 # ---------------------------------------------------------------- augmentation and loader
 
 

@@ -284,8 +284,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict | None, dataset: data_lib.Da
     if cfg.cuda_graphs != "off" and device.type != "cuda":
         raise UserError(f"cuda_graphs={cfg.cuda_graphs} needs a CUDA device (this run uses {device}); "
                         "drop --set cuda_graphs")
-    ds = dataset or data_lib.load(cfg.dataset, cfg.data_root, val_size=cfg.val_size,
-                                                    image_size=cfg.image_size, train_size=cfg.train_size)
+    ds = dataset or data_lib.for_config(cfg)
     if cfg.batch_size > len(ds.train):
         raise UserError(f"batch_size={cfg.batch_size} but {cfg.dataset} has {len(ds.train)} training examples; "
                         f"pass a smaller batch size (e.g. --set batch_size={min(128, len(ds.train))})")
